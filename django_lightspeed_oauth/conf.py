@@ -1,0 +1,65 @@
+"""The app's settings: one ``LIGHTSPEED_OAUTH`` dict, read lazily so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+__all__ = ["DEFAULTS", "app_settings"]
+
+SETTING_NAME = "LIGHTSPEED_OAUTH"
+
+#: Every key the ``LIGHTSPEED_OAUTH`` dict understands, with its default. README.rst documents each.
+DEFAULTS: dict[str, Any] = {
+    # Fernet keys (urlsafe base64, 32 bytes). The first encrypts; all of them decrypt.
+    # Empty: a key derived from SECRET_KEY (allowed only with DEBUG, see check E001).
+    "ENCRYPTION_KEYS": [],
+    # Seconds an authorization request (the state) stays valid.
+    "STATE_MAX_AGE": 600,
+    # Default lifetime, in seconds, of an invitation link.
+    "INVITATION_MAX_AGE": 7 * 24 * 3600,
+    # (connect, read) timeouts in seconds for every request to an authorization server.
+    "HTTP_TIMEOUT": (5.0, 20.0),
+    # A token that expires within this many seconds is refreshed by get_access_token().
+    "REFRESH_MARGIN": 300,
+    # Default of refresh_lightspeed_tokens --within: refresh what expires within this many seconds.
+    "REFRESH_WITHIN": 1800,
+    # Seconds a refresher holds a company's lock before another process may take it over.
+    # Must be longer than a whole token request (see check E004).
+    "LOCK_TIMEOUT": 60,
+    # First and largest back-off, in seconds, after a transient refresh failure.
+    "RETRY_BACKOFF": 60,
+    "RETRY_BACKOFF_MAX": 3600,
+    # Where the callback sends the browser when the flow has no ``next``: a URL, a URL name,
+    # or None for the app's own page.
+    "SUCCESS_URL": None,
+    "FAILURE_URL": None,
+    # The permission a logged-in user needs to start a flow with the connect view.
+    "CONNECT_PERMISSION": "lightspeed_oauth.add_connectedcompany",
+    # Scheme and host prepended to invitation links (e.g. "https://example.com"); None: site-relative.
+    "SITE_URL": None,
+    # Where the sandbox authorization servers live (an API client with environment "sandbox").
+    "SANDBOX_URL": "http://127.0.0.1:8000/lightspeed-sandbox/",
+    # Lifetime of access tokens the sandbox issues, in seconds.
+    "SANDBOX_TOKEN_LIFETIME": 3600,
+    # Extra provider classes, as dotted paths, added to the registry.
+    "PROVIDERS": [],
+}
+
+
+class AppSettings:
+    """Attribute access to ``settings.LIGHTSPEED_OAUTH`` with the defaults filled in."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"{SETTING_NAME} has no key {name!r}")
+        user = getattr(settings, SETTING_NAME, None) or {}
+        return user.get(name, DEFAULTS[name])
+
+    @property
+    def user_keys(self) -> set[str]:
+        return set(getattr(settings, SETTING_NAME, None) or {})
+
+
+app_settings = AppSettings()

@@ -1,0 +1,110 @@
+"""Encryption of secrets at rest (client secrets, tokens, PKCE verifiers) with rotatable keys."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import lru_cache
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.db import models
+
+from .conf import app_settings
+from .exceptions import ConfigurationError, DecryptionError
+
+__all__ = ["encrypt", "decrypt", "rotate", "fingerprint", "EncryptedTextField", "configured_keys"]
+
+
+def _derived_key(secret_key: str) -> bytes:
+    # Only for development: a stable key derived from SECRET_KEY (check E001 forbids it without DEBUG).
+    digest = hashlib.sha256(b"django-lightspeed-oauth:" + secret_key.encode()).digest()
+    return base64.urlsafe_b64encode(digest)
+
+
+def configured_keys() -> tuple[str, ...]:
+    """The keys in force, first one encrypting: ``ENCRYPTION_KEYS`` or one derived from SECRET_KEY."""
+    keys = app_settings.ENCRYPTION_KEYS
+    if isinstance(keys, str):
+        keys = [keys]
+    if keys:
+        return tuple(keys)
+    return (_derived_key(settings.SECRET_KEY).decode(),)
+
+
+@lru_cache(maxsize=8)
+def _fernet(keys: tuple[str, ...]) -> MultiFernet:
+    fernets = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key))
+        except (ValueError, TypeError) as err:
+            raise ConfigurationError(
+                f'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"][{position - 1}] is not a valid Fernet key: '
+                "generate one with `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`."
+            ) from err
+    return MultiFernet(fernets)
+
+
+def _current() -> MultiFernet:
+    return _fernet(configured_keys())
+
+
+def encrypt(plaintext: str) -> str:
+    """Encrypt ``plaintext`` with the first configured key."""
+    return _current().encrypt(plaintext.encode()).decode()
+
+
+def decrypt(ciphertext: str) -> str:
+    """Decrypt with whichever configured key fits, or raise :class:`DecryptionError`."""
+    try:
+        return _current().decrypt(ciphertext.encode()).decode()
+    except InvalidToken as err:
+        raise DecryptionError(
+            "A stored secret cannot be decrypted with any key in "
+            'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"]: was a key removed before '
+            "`manage.py rotate_lightspeed_keys` ran?"
+        ) from err
+
+
+def rotate(ciphertext: str) -> str:
+    """Re-encrypt ``ciphertext`` with the first configured key."""
+    try:
+        return _current().rotate(ciphertext.encode()).decode()
+    except InvalidToken as err:
+        raise DecryptionError(
+            'A stored secret cannot be decrypted with any key in LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"].'
+        ) from err
+
+
+def fingerprint(secret: str) -> str:
+    """A short, stable, one-way label for a secret, safe to show and log ("sha256:1a2b3c4d5e6f")."""
+    if not secret:
+        return ""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+class EncryptedTextField(models.TextField):
+    """A text field whose value is plain text in Python and Fernet ciphertext in the database.
+
+    It cannot be searched or filtered on (every encryption of a value differs), so it is not
+    editable in forms by default: a form that shows it would show the secret.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("editable", False)
+        kwargs.setdefault("blank", True)
+        kwargs.setdefault("default", "")
+        super().__init__(*args, **kwargs)
+
+    def from_db_value(self, value, expression, connection):
+        if value is None or value == "":
+            return value
+        return decrypt(value)
+
+    def get_prep_value(self, value):
+        value = super().get_prep_value(value)
+        if value is None or value == "":
+            return value
+        return encrypt(value)

@@ -1,0 +1,336 @@
+"""API clients, connected companies, authorization requests and the token event log."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core import signing
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from .conf import app_settings
+from .crypto import EncryptedTextField, fingerprint
+from .exceptions import ProviderError
+from .providers import ENVIRONMENTS, Provider, get_provider, provider_classes
+
+if TYPE_CHECKING:
+    import requests
+
+__all__ = ["ApiClient", "ConnectedCompany", "AuthorizationRequest", "TokenEvent", "INVITATION_SALT"]
+
+INVITATION_SALT = "django_lightspeed_oauth.invitation"
+
+_URL_TEMPLATE = re.compile(r"^https?://[^\s]+$")
+
+
+class ApiClient(models.Model):
+    """One OAuth client registered with Lightspeed."""
+
+    class Environment(models.TextChoices):
+        PRODUCTION = "production", _("Production")
+        TRIAL = "trial", _("Trial / demo")
+        SANDBOX = "sandbox", _("Local sandbox")
+
+    name = models.CharField(_("name"), max_length=100)
+    slug = models.SlugField(_("slug"), max_length=100, unique=True,
+                            help_text=_("Used in the connect URL: /connect/<slug>/."))
+    provider = models.CharField(_("provider"), max_length=32,
+                                help_text=_("The Lightspeed OAuth flavour this client speaks."))
+    environment = models.CharField(_("environment"), max_length=16, choices=Environment.choices,
+                                   default=Environment.PRODUCTION)
+    client_id = models.CharField(_("client id"), max_length=255)
+    client_secret = EncryptedTextField(_("client secret"))
+    redirect_uri = models.URLField(
+        _("redirect URI"), max_length=500,
+        help_text=_("Exactly as registered with Lightspeed: this site's callback URL."),
+    )
+    scopes = models.CharField(_("scopes"), max_length=1000, blank=True, default="",
+                              help_text=_("Space-separated, as Lightspeed writes them."))
+    authorize_url = models.CharField(
+        _("authorize URL"), max_length=500, blank=True, default="",
+        help_text=_("Blank: the provider's URL for the environment."),
+    )
+    token_url = models.CharField(
+        _("token URL"), max_length=500, blank=True, default="",
+        help_text=_("Blank: the provider's URL. Placeholders such as {domain_prefix} allowed."),
+    )
+    provider_options = models.JSONField(_("provider options"), default=dict, blank=True)
+    is_active = models.BooleanField(_("active"), default=True)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("API client")
+        verbose_name_plural = _("API clients")
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<ApiClient {self.slug!r} provider={self.provider!r} env={self.environment!r}>"
+
+    def clean(self) -> None:
+        errors: dict[str, Any] = {}
+        if self.provider not in provider_classes():
+            errors["provider"] = _("Unknown provider %(key)r.") % {"key": self.provider}
+        else:
+            try:
+                provider = self.get_provider()
+            except ProviderError as err:
+                errors["provider_options"] = err.message
+            else:
+                if provider.requires_urls:
+                    for name in ("authorize_url", "token_url"):
+                        if not getattr(self, name):
+                            errors[name] = _("The custom provider needs this URL.")
+        for name in ("authorize_url", "token_url"):
+            value = getattr(self, name)
+            if value and not _URL_TEMPLATE.match(value):
+                errors.setdefault(name, _("Enter an absolute http(s) URL."))
+        if self.environment not in ENVIRONMENTS:
+            errors["environment"] = _("Unknown environment.")
+        if errors:
+            raise ValidationError(errors)
+
+    def get_provider(self) -> Provider:
+        """The provider with this client's options applied (cached per instance)."""
+        key = (self.provider, repr(sorted((self.provider_options or {}).items())))
+        cached = getattr(self, "_provider_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, get_provider(self.provider, self.provider_options))
+            self._provider_cache = cached
+        return cached[1]
+
+    def authorize_endpoint(self) -> str:
+        return self.get_provider().endpoint("authorize", self.environment, self.authorize_url)
+
+    def token_endpoint(self, context: dict[str, str] | None = None) -> str:
+        return self.get_provider().endpoint("token", self.environment, self.token_url, context)
+
+    @property
+    def client_secret_fingerprint(self) -> str:
+        return fingerprint(self.client_secret)
+
+    def invitation_token(self, *, reference: str = "", max_age: int | None = None) -> str:
+        max_age = int(max_age if max_age is not None else app_settings.INVITATION_MAX_AGE)
+        if max_age <= 0:
+            raise ValueError("max_age must be a positive number of seconds")
+        expires = int(timezone.now().timestamp()) + max_age
+        return signing.dumps({"c": self.pk, "r": reference, "e": expires}, salt=INVITATION_SALT,
+                             compress=True)
+
+    def invitation_url(self, *, reference: str = "", max_age: int | None = None) -> str:
+        """A link a merchant can open, without a site login, to connect until it expires.
+
+        Site-relative unless ``LIGHTSPEED_OAUTH["SITE_URL"]`` is set.
+        """
+        token = self.invitation_token(reference=reference, max_age=max_age)
+        path = reverse("lightspeed_oauth:invite", kwargs={"token": token})
+        site = app_settings.SITE_URL
+        return f"{site.rstrip('/')}{path}" if site else path
+
+
+class ConnectedCompany(models.Model):
+    """One merchant account that authorized an API client, with its (encrypted) tokens."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        FAILING = "failing", _("Failing")
+        REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
+        DISCONNECTED = "disconnected", _("Disconnected")
+
+    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="companies",
+                               verbose_name=_("API client"))
+    company_id = models.CharField(_("company id"), max_length=255,
+                                  help_text=_("The company's id at Lightspeed."))
+    name = models.CharField(_("name"), max_length=255, blank=True, default="")
+    reference = models.CharField(_("reference"), max_length=255, blank=True, default="",
+                                 db_index=True,
+                                 help_text=_("Your own label, from the connect or invitation link."))
+    status = models.CharField(_("status"), max_length=32, choices=Status.choices,
+                              default=Status.ACTIVE)
+    access_token = EncryptedTextField(_("access token"))
+    refresh_token = EncryptedTextField(_("refresh token"))
+    token_type = models.CharField(max_length=32, blank=True, default="bearer")
+    granted_scopes = models.CharField(_("granted scopes"), max_length=1000, blank=True, default="")
+    expires_at = models.DateTimeField(_("access token expires"), null=True, blank=True)
+    refresh_expires_at = models.DateTimeField(_("refresh token expires"), null=True, blank=True)
+    connected_at = models.DateTimeField(_("connected"), default=timezone.now)
+    connected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                     on_delete=models.SET_NULL, related_name="+",
+                                     verbose_name=_("connected by"))
+    last_refreshed_at = models.DateTimeField(_("last refreshed"), null=True, blank=True)
+    failure_count = models.PositiveIntegerField(_("failures"), default=0)
+    last_error = models.TextField(_("last error"), blank=True, default="")
+    next_attempt_at = models.DateTimeField(_("next attempt"), null=True, blank=True)
+    # Details worth keeping from the connection (domain_prefix...); never a secret.
+    details = models.JSONField(_("details"), default=dict, blank=True)
+    # Concurrency: every write of tokens bumps token_version; a refresher takes the lease lock with
+    # one conditional UPDATE on (token_version, lock free or lease over). See tokens.py.
+    token_version = models.PositiveIntegerField(default=0, editable=False)
+    refresh_lock_id = models.CharField(max_length=32, blank=True, default="", editable=False)
+    refresh_lock_until = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(_("created"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    class Meta:
+        verbose_name = _("connected company")
+        verbose_name_plural = _("connected companies")
+        ordering = ["name", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["client", "company_id"],
+                                    name="lightspeed_oauth_unique_company_per_client"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "expires_at"], name="lightspeed_status_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.company_id
+
+    def __repr__(self) -> str:
+        return (f"<ConnectedCompany {self.company_id!r} client={self.client_id} "
+                f"status={self.status!r}>")
+
+    # State ------------------------------------------------------------------------------------
+
+    @property
+    def access_token_fingerprint(self) -> str:
+        return fingerprint(self.access_token)
+
+    @property
+    def refresh_token_fingerprint(self) -> str:
+        return fingerprint(self.refresh_token)
+
+    def url_context(self) -> dict[str, str]:
+        """Values for URL placeholders such as {domain_prefix}."""
+        return {k: str(v) for k, v in (self.details or {}).items() if isinstance(v, (str, int))}
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+    def needs_refresh(self, within: float | None = None, now: datetime | None = None) -> bool:
+        """Whether the access token expires within ``within`` seconds (default REFRESH_MARGIN)."""
+        if self.expires_at is None:
+            return False
+        margin = app_settings.REFRESH_MARGIN if within is None else within
+        return self.expires_at <= (now or timezone.now()) + timedelta(seconds=margin)
+
+    # Tokens -----------------------------------------------------------------------------------
+
+    def get_access_token(self) -> str:
+        """A valid access token, refreshed first when it expires within REFRESH_MARGIN.
+
+        Raises :class:`~.exceptions.ReauthorizationRequired` when the merchant must connect
+        again and :class:`~.exceptions.RefreshFailed` when a refresh failed and the current token
+        has expired.
+        """
+        from .tokens import get_access_token
+
+        return get_access_token(self)
+
+    def refresh(self, force: bool = False) -> str:
+        """Refresh now if needed (or always with ``force``); updates this instance in place.
+
+        Returns the outcome: ``"refreshed"``, ``"fresh"`` (not needed, or done by another
+        process meanwhile), ``"failed"`` or ``"reauthorization_required"``.
+        """
+        from .tokens import refresh
+
+        return refresh(self, force=force).outcome
+
+    def api_session(self) -> requests.Session:
+        """A requests session for the company's API: bearer token, one refresh-and-retry on 401."""
+        from .tokens import CompanySession
+
+        return CompanySession(self)
+
+    def disconnect(self, *, user=None, message: str = "") -> None:
+        """Erase the tokens and mark the company disconnected; the history stays."""
+        from .tokens import disconnect
+
+        disconnect(self, user=user, message=message)
+
+
+class AuthorizationRequest(models.Model):
+    """One started authorization flow, kept server-side and consumed exactly once."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", _("Pending")
+        CONNECTED = "connected", _("Connected")
+        DENIED = "denied", _("Denied by the merchant")
+        FAILED = "failed", _("Failed")
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE,
+                               related_name="authorization_requests", verbose_name=_("API client"))
+    state = models.CharField(_("state"), max_length=128, unique=True)
+    code_verifier = EncryptedTextField(_("PKCE verifier"))
+    # sha256 of a nonce kept in the starting browser's session: the callback must come back to it.
+    browser_binding = models.CharField(max_length=64, blank=True, default="", editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+",
+                                   verbose_name=_("started by"))
+    via_invitation = models.BooleanField(_("via invitation"), default=False)
+    next_url = models.CharField(_("next URL"), max_length=2000, blank=True, default="")
+    reference = models.CharField(_("reference"), max_length=255, blank=True, default="")
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    expires_at = models.DateTimeField(_("expires"))
+    used_at = models.DateTimeField(_("used"), null=True, blank=True)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices,
+                               default=Outcome.PENDING)
+    error = models.TextField(_("error"), blank=True, default="")
+    company = models.ForeignKey(ConnectedCompany, null=True, blank=True,
+                                on_delete=models.SET_NULL, related_name="+",
+                                verbose_name=_("company"))
+
+    class Meta:
+        verbose_name = _("authorization request")
+        verbose_name_plural = _("authorization requests")
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.created_at:%Y-%m-%d %H:%M} ({self.outcome})"
+
+    def __repr__(self) -> str:
+        return f"<AuthorizationRequest {self.pk} client={self.client_id} outcome={self.outcome!r}>"
+
+
+class TokenEvent(models.Model):
+    """An append-only line of a company's token history."""
+
+    class Kind(models.TextChoices):
+        CONNECTED = "connected", _("Connected")
+        REFRESHED = "refreshed", _("Refreshed")
+        REFRESH_FAILED = "refresh_failed", _("Refresh failed")
+        REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
+        DISCONNECTED = "disconnected", _("Disconnected")
+
+    company = models.ForeignKey(ConnectedCompany, on_delete=models.CASCADE, related_name="events",
+                                verbose_name=_("company"))
+    kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices)
+    message = models.TextField(_("message"), blank=True, default="")
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                              on_delete=models.SET_NULL, related_name="+", verbose_name=_("by"))
+    # Fingerprints and expiry times only; never a token.
+    details = models.JSONField(_("details"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name = _("token event")
+        verbose_name_plural = _("token events")
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} at {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+    def save(self, *args, **kwargs) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ValueError("Token events are append-only: they cannot be changed.")
+        super().save(*args, **kwargs)

@@ -1,0 +1,262 @@
+"""The one place that speaks HTTP to authorization servers: code exchange, refresh, identity.
+
+Rules kept here: every request has a timeout; only a failure to *connect* is retried (a POST that
+may have reached a token endpoint is never sent twice, or a single-use refresh token could be spent
+without us seeing the new one); no token, secret or code reaches a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from . import __version__
+from .conf import app_settings
+from .exceptions import (
+    IdentityError,
+    InvalidClient,
+    InvalidGrant,
+    TokenEndpointError,
+    TransientTokenError,
+)
+from .providers import Identity, Provider, TokenRequest, TokenSet
+
+__all__ = ["exchange_code", "refresh_tokens", "identify", "http_session", "USER_AGENT"]
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"django-lightspeed-oauth/{__version__} (+python-requests/{requests.__version__})"
+
+#: OAuth error codes that mean "this grant is gone for good: the merchant must connect again".
+REVOKED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client", "invalid_token"})
+
+_local = threading.local()
+
+
+def http_session() -> requests.Session:
+    """This thread's session (requests sessions are not safe to share across threads)."""
+    session = getattr(_local, "session", None)
+    if session is None:
+        session = requests.Session()
+        # Retry only connection failures: nothing was sent, so nothing can have been spent.
+        retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
+                      backoff_factor=0.2, allowed_methods=None, raise_on_status=False)
+        adapter = HTTPAdapter(max_retries=retry)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        session.headers["User-Agent"] = USER_AGENT
+        _local.session = session
+    return session
+
+
+def _timeout() -> tuple[float, float]:
+    timeout = app_settings.HTTP_TIMEOUT
+    if isinstance(timeout, (int, float)):
+        return (float(timeout), float(timeout))
+    return (float(timeout[0]), float(timeout[1]))
+
+
+def _where(url: str) -> str:
+    # Host and path only: a K-Series V1 token URL carries the code or refresh token in its query.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def _redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return text[:200]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def post_token(request: TokenRequest, provider: Provider, secrets: tuple[str, ...]) -> TokenSet:
+    """Send one token request and read the answer, raising a classified TokenEndpointError."""
+    where = _where(request.url)
+    started = time.monotonic()
+    try:
+        response = http_session().post(
+            request.url,
+            params=request.params or None,
+            data=request.data,
+            json=request.json,
+            headers=request.headers,
+            timeout=_timeout(),
+            allow_redirects=False,
+        )
+    except requests.ConnectionError as err:
+        # `from None`: the underlying message may quote the URL, and with it a query-string secret.
+        kind = "timed out while connecting" if isinstance(err, requests.ConnectTimeout) else (
+            "could not be reached"
+        )
+        if not isinstance(err, requests.ConnectTimeout) and _sent_before_failing(err):
+            kind = "dropped the connection before answering"
+        logger.warning("Token endpoint %s %s (%s)", where, kind, type(err).__name__)
+        raise TransientTokenError(f"The token endpoint {kind}.") from None
+    except requests.Timeout:
+        logger.warning("Token endpoint %s did not answer in time", where)
+        raise TransientTokenError("The token endpoint did not answer in time.") from None
+    except requests.RequestException as err:
+        logger.warning("Token endpoint %s request failed (%s)", where, type(err).__name__)
+        raise TransientTokenError("The request to the token endpoint failed.") from None
+    elapsed_ms = (time.monotonic() - started) * 1000
+    logger.info("Token endpoint %s answered %s in %.0f ms", where, response.status_code, elapsed_ms)
+    return _read_token_response(response, provider, secrets)
+
+
+def _sent_before_failing(err: requests.ConnectionError) -> bool:
+    # A reset or a closed connection after the request went out; urllib3 names those
+    # ProtocolError. A refused or unresolvable connection is a NewConnectionError.
+    text = type(getattr(err.args[0], "reason", err.args[0]) if err.args else err).__name__
+    return "Protocol" in text or "RemoteDisconnected" in text
+
+
+def _read_token_response(
+    response: requests.Response, provider: Provider, secrets: tuple[str, ...]
+) -> TokenSet:
+    status = response.status_code
+    try:
+        payload: Any = response.json()
+    except ValueError:
+        payload = None
+    if 200 <= status < 300:
+        if payload is None:
+            raise TransientTokenError(
+                f"The token endpoint answered {status} with something that is not JSON "
+                f"({_content_type(response)}).",
+                status_code=status,
+            )
+        try:
+            return provider.parse_token_response(payload)
+        except TransientTokenError as err:
+            err.status_code = status
+            raise
+    error = ""
+    description = ""
+    if isinstance(payload, Mapping):
+        error = str(payload.get("error") or "")
+        description = _redact(str(payload.get("error_description") or ""), secrets)
+    detail = f" ({error}: {description})" if description else (f" ({error})" if error else "")
+    if status == 429 or status >= 500:
+        raise TransientTokenError(
+            f"The token endpoint answered {status}{detail or ' ' + _content_type(response)}.",
+            status_code=status,
+            error=error,
+            retry_after=_retry_after(response),
+        )
+    if error in REVOKED_GRANT_ERRORS or "revoked" in description.lower():
+        raise InvalidGrant(
+            f"The token endpoint refused the grant{detail}.", status_code=status, error=error
+        )
+    if error == "invalid_client" or (status == 401 and not error):
+        raise InvalidClient(
+            f"The token endpoint refused the API client's credentials{detail}: check the client "
+            "id and secret.",
+            status_code=status,
+            error=error or "invalid_client",
+        )
+    if payload is None:
+        raise TransientTokenError(
+            f"The token endpoint answered {status} with {_content_type(response)}.",
+            status_code=status,
+        )
+    raise TokenEndpointError(
+        f"The token endpoint answered {status}{detail}.", status_code=status, error=error
+    )
+
+
+def _content_type(response: requests.Response) -> str:
+    return (response.headers.get("Content-Type") or "no content type").split(";")[0]
+
+
+def token_url(
+    provider: Provider, environment: str, override: str, context: Mapping[str, str]
+) -> str:
+    return provider.endpoint("token", environment, override, context)
+
+
+def exchange_code(
+    provider: Provider,
+    *,
+    url: str,
+    client_id: str,
+    client_secret: str,
+    redirect_uri: str,
+    code: str,
+    code_verifier: str | None,
+) -> TokenSet:
+    """Trade an authorization code for tokens."""
+    grant = provider.code_grant(code=code, redirect_uri=redirect_uri, code_verifier=code_verifier)
+    request = provider.token_request(url, client_id=client_id, client_secret=client_secret,
+                                     grant=grant)
+    return post_token(request, provider, (client_secret, code, code_verifier or ""))
+
+
+def refresh_tokens(
+    provider: Provider,
+    *,
+    url: str,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    scopes: str = "",
+) -> TokenSet:
+    """Trade a refresh token for new tokens (sent once, never retried after it went out)."""
+    grant = provider.refresh_grant(refresh_token=refresh_token, scopes=scopes)
+    request = provider.token_request(url, client_id=client_id, client_secret=client_secret,
+                                     grant=grant)
+    return post_token(request, provider, (client_secret, refresh_token))
+
+
+def identify(
+    provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]
+) -> Identity:
+    """Find out which company granted ``tokens``, asking the identity endpoint if there is one."""
+    url = provider.identity_endpoint(environment, context, tokens)
+    payload = None
+    if url:
+        where = _where(url)
+        try:
+            response = http_session().get(
+                url,
+                headers={"Authorization": f"Bearer {tokens.access_token}",
+                         "Accept": "application/json"},
+                timeout=_timeout(),
+                allow_redirects=False,
+            )
+        except requests.RequestException as err:
+            logger.warning("Identity endpoint %s failed (%s)", where, type(err).__name__)
+            raise IdentityError("The identity endpoint could not be reached.") from None
+        logger.info("Identity endpoint %s answered %s", where, response.status_code)
+        if response.status_code != 200:
+            raise IdentityError(
+                f"The identity endpoint answered {response.status_code}.",
+                status_code=response.status_code,
+            )
+        try:
+            payload = response.json()
+        except ValueError:
+            raise IdentityError(
+                f"The identity endpoint answered {_content_type(response)}, not JSON."
+            ) from None
+    return provider.read_identity(tokens, context, payload)

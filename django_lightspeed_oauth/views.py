@@ -1,0 +1,406 @@
+"""The authorization flow: connect (staff), invite (merchant with a signed link), and callback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+import string
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from django.contrib.auth.views import redirect_to_login
+from django.core import signing
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, resolve_url
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+from django.utils.decorators import method_decorator
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views import View
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
+
+from . import oauth, signals
+from .conf import app_settings
+from .exceptions import ConfigurationError, IdentityError, TokenEndpointError
+from .models import INVITATION_SALT, ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
+from .providers import URL_PLACEHOLDER_VALUE, Identity, TokenSet
+
+__all__ = ["ConnectView", "InviteView", "CallbackView", "FlowError"]
+
+logger = logging.getLogger(__name__)
+
+SESSION_BINDING_KEY = "lightspeed_oauth_binding"
+STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
+PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
+STATE_ALPHABET = string.ascii_letters + string.digits
+
+
+class FlowError(Exception):
+    """A flow cannot go on; carries what the browser is shown."""
+
+    def __init__(self, title: str, message: str, status: int = 400, reason: str = "") -> None:
+        super().__init__(message)
+        self.title = title
+        self.message = message
+        self.status = status
+        self.reason = reason
+
+
+def _binding(request: HttpRequest) -> str:
+    """A hash of a nonce kept in this browser's session, created on first use."""
+    nonce = request.session.get(SESSION_BINDING_KEY)
+    if not nonce:
+        nonce = secrets.token_urlsafe(24)
+        request.session[SESSION_BINDING_KEY] = nonce
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def _pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class FlowViewMixin:
+    """What every view of the flow shares: error pages and starting a flow."""
+
+    error_template_name = "lightspeed_oauth/error.html"
+
+    def flow_failed(self, request: HttpRequest, error: FlowError,
+                    auth_request: AuthorizationRequest | None = None) -> HttpResponse:
+        """Render the error page (override to change how failures look)."""
+        return TemplateResponse(request, self.error_template_name,
+                                {"title": error.title, "message": error.message,
+                                 "reason": error.reason, "auth_request": auth_request},
+                                status=error.status)
+
+    def start_flow(self, request: HttpRequest, client: ApiClient, *, created_by=None,
+                   reference: str = "", next_url: str = "",
+                   via_invitation: bool = False) -> HttpResponse:
+        """Create the AuthorizationRequest and send the browser to the provider's consent page."""
+        try:
+            provider = client.get_provider()
+            authorize_url = client.authorize_endpoint()
+        except ConfigurationError as err:
+            logger.error("API client %s cannot start a flow: %s", client.slug, err.message)
+            raise FlowError("This connection is not set up correctly",
+                            "The site's Lightspeed connection is misconfigured; staff have been "
+                            "told why.", status=500, reason="misconfigured") from None
+        state = get_random_string(provider.state_length, STATE_ALPHABET)
+        verifier = secrets.token_urlsafe(48) if provider.uses_pkce else ""
+        now = timezone.now()
+        AuthorizationRequest.objects.create(
+            client=client,
+            state=state,
+            code_verifier=verifier,
+            browser_binding=_binding(request),
+            created_by=created_by,
+            via_invitation=via_invitation,
+            next_url=next_url,
+            reference=reference,
+            created_at=now,
+            expires_at=now + timedelta(seconds=int(app_settings.STATE_MAX_AGE)),
+        )
+        params = provider.authorization_params(
+            client_id=client.client_id,
+            redirect_uri=client.redirect_uri,
+            scopes=client.scopes,
+            state=state,
+            code_challenge=_pkce_challenge(verifier) if verifier else None,
+        )
+        separator = "&" if "?" in authorize_url else "?"
+        logger.info("Started a flow for API client %s (invitation=%s)", client.slug,
+                    via_invitation)
+        return HttpResponseRedirect(f"{authorize_url}{separator}{urlencode(params)}")
+
+
+def _clean_reference(value: str) -> str:
+    value = value.strip()
+    if len(value) > 255 or any(ord(c) < 32 for c in value):
+        raise FlowError("Invalid reference", "The reference must be at most 255 printable "
+                        "characters.", reason="bad_reference")
+    return value
+
+
+@method_decorator(never_cache, name="dispatch")
+class ConnectView(FlowViewMixin, View):
+    """A staff member starts a flow for one API client: ``connect/<slug>/?next=&reference=``."""
+
+    def get(self, request: HttpRequest, slug: str) -> HttpResponse:
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not request.user.has_perm(app_settings.CONNECT_PERMISSION):
+            return self.flow_failed(request, FlowError(
+                "Permission denied", "You are not allowed to connect Lightspeed companies.",
+                status=403, reason="forbidden"))
+        client = get_object_or_404(ApiClient, slug=slug, is_active=True)
+        try:
+            next_url = request.GET.get("next", "")
+            if next_url and not url_has_allowed_host_and_scheme(
+                next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+            ):
+                raise FlowError("Invalid next page", "The page to return to must be on this site.",
+                                reason="bad_next")
+            return self.start_flow(request, client, created_by=request.user,
+                                   reference=_clean_reference(request.GET.get("reference", "")),
+                                   next_url=next_url)
+        except FlowError as err:
+            return self.flow_failed(request, err)
+
+
+@method_decorator(never_cache, name="dispatch")
+@method_decorator(csrf_protect, name="dispatch")
+class InviteView(FlowViewMixin, View):
+    """A merchant holding a signed, expiring link: a page explaining the step, then the flow."""
+
+    template_name = "lightspeed_oauth/invite.html"
+
+    def load(self, token: str) -> tuple[ApiClient, str, Any]:
+        try:
+            data = signing.loads(token, salt=INVITATION_SALT)
+        except signing.BadSignature:
+            raise FlowError("Invalid invitation", "This invitation link is not valid. Ask for a "
+                            "new one.", reason="bad_invitation") from None
+        if not isinstance(data, dict) or not {"c", "r", "e"} <= set(data):
+            raise FlowError("Invalid invitation", "This invitation link is not valid.",
+                            reason="bad_invitation")
+        expires = timezone.datetime.fromtimestamp(int(data["e"]), tz=timezone.utc)
+        if expires <= timezone.now():
+            raise FlowError("Invitation expired", "This invitation link has expired. Ask for a "
+                            "new one.", status=410, reason="invitation_expired")
+        client = ApiClient.objects.filter(pk=data["c"], is_active=True).first()
+        if client is None:
+            raise FlowError("Invitation no longer valid", "This connection is no longer offered.",
+                            status=404, reason="client_gone")
+        return client, str(data["r"] or ""), expires
+
+    def get(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            client, reference, expires = self.load(token)
+        except FlowError as err:
+            return self.flow_failed(request, err)
+        return TemplateResponse(request, self.template_name,
+                                {"client": client, "reference": reference, "expires_at": expires,
+                                 "provider": client.get_provider()})
+
+    def post(self, request: HttpRequest, token: str) -> HttpResponse:
+        try:
+            client, reference, _ = self.load(token)
+            return self.start_flow(request, client, reference=reference, via_invitation=True)
+        except FlowError as err:
+            return self.flow_failed(request, err)
+
+
+@method_decorator(never_cache, name="dispatch")
+class CallbackView(FlowViewMixin, View):
+    """Lightspeed sends the browser back here, with a code or an error, for every API client."""
+
+    success_template_name = "lightspeed_oauth/connected.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        auth_request = None
+        try:
+            auth_request = self.find_request(request)
+            company = self.complete(request, auth_request)
+        except FlowError as err:
+            return self.flow_failed(request, err, auth_request)
+        return self.connect_success(request, company, auth_request)
+
+    # Steps, each overridable -------------------------------------------------------------------
+
+    def find_request(self, request: HttpRequest) -> AuthorizationRequest:
+        state = request.GET.get("state", "")
+        if not state:
+            raise FlowError("Missing state", "This link is incomplete: it has no state. Start "
+                            "again from the site.", reason="missing_state")
+        if not STATE_PATTERN.match(state):
+            raise FlowError("Invalid state", "This link is not one the site started.",
+                            reason="invalid_state")
+        auth_request = (AuthorizationRequest.objects.select_related("client")
+                        .filter(state=state).first())
+        if auth_request is None:
+            raise FlowError("Unknown state", "This link is not one the site started. Start again "
+                            "from the site.", reason="unknown_state")
+        if auth_request.used_at is not None:
+            raise FlowError("Link already used", "This authorization was already completed or "
+                            "cancelled. Start again from the site.", reason="replayed_state")
+        if auth_request.expires_at <= timezone.now():
+            raise FlowError("Link expired", "This authorization took too long and expired. Start "
+                            "again from the site.", reason="expired_state")
+        binding = request.session.get(SESSION_BINDING_KEY)
+        if auth_request.browser_binding and (
+            not binding
+            or not secrets.compare_digest(hashlib.sha256(binding.encode()).hexdigest(),
+                                          auth_request.browser_binding)
+        ):
+            raise FlowError("Different browser", "This authorization was started in another "
+                            "browser. Finish it in the browser where it started.",
+                            reason="browser_mismatch")
+        return auth_request
+
+    def consume(self, auth_request: AuthorizationRequest, **values: Any) -> None:
+        """Mark the request used, exactly once; a second callback with the same state loses."""
+        now = timezone.now()
+        won = AuthorizationRequest.objects.filter(
+            pk=auth_request.pk, used_at__isnull=True, expires_at__gt=now
+        ).update(used_at=now, **values)
+        if not won:
+            raise FlowError("Link already used", "This authorization was already completed. "
+                            "Start again from the site.", reason="replayed_state")
+        auth_request.used_at = now
+        for name, value in values.items():
+            setattr(auth_request, name, value)
+
+    def record_failure(self, auth_request: AuthorizationRequest, outcome: str,
+                       error: str) -> None:
+        AuthorizationRequest.objects.filter(pk=auth_request.pk).update(outcome=outcome,
+                                                                       error=error[:2000])
+        auth_request.outcome = outcome
+        auth_request.error = error
+
+    def complete(self, request: HttpRequest, auth_request: AuthorizationRequest) -> ConnectedCompany:
+        client = auth_request.client
+        params = request.GET
+        error = params.get("error", "")
+        if error:
+            code = error if PRINTABLE.match(error) else "invalid_error"
+            description = params.get("error_description", "")[:300]
+            outcome = (AuthorizationRequest.Outcome.DENIED if code == "access_denied"
+                       else AuthorizationRequest.Outcome.FAILED)
+            self.consume(auth_request, outcome=outcome,
+                         error=f"{code}: {description}" if description else code)
+            if outcome == AuthorizationRequest.Outcome.DENIED:
+                raise FlowError("Connection cancelled", "The connection to Lightspeed was "
+                                "declined, so nothing was connected.", reason="access_denied")
+            raise FlowError("Lightspeed refused the connection",
+                            f"Lightspeed answered with an error ({code}).", reason="provider_error")
+        code = params.get("code", "")
+        if not code or not PRINTABLE.match(code):
+            raise FlowError("Missing code", "Lightspeed's answer has no valid authorization code.",
+                            reason="missing_code")
+        provider = client.get_provider()
+        context = {}
+        for name in provider.callback_params:
+            value = params.get(name, "")
+            if not URL_PLACEHOLDER_VALUE.match(value):
+                raise FlowError("Invalid answer", f"Lightspeed's answer has no valid {name}.",
+                                reason=f"bad_{name}")
+            context[name] = value
+        self.consume(auth_request)
+
+        try:
+            tokens = oauth.exchange_code(
+                provider,
+                url=client.token_endpoint(context),
+                client_id=client.client_id,
+                client_secret=client.client_secret,
+                redirect_uri=client.redirect_uri,
+                code=code,
+                code_verifier=auth_request.code_verifier or None,
+            )
+            identity = oauth.identify(provider, tokens, client.environment, context)
+        except (TokenEndpointError, IdentityError) as err:
+            logger.warning("Connecting with API client %s failed: %s", client.slug, err.message)
+            self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
+            raise FlowError("Lightspeed could not complete the connection",
+                            "Lightspeed did not confirm the connection. Nothing was saved; please "
+                            "try again in a moment.", status=502, reason="exchange_failed") from None
+        except ConfigurationError as err:
+            logger.error("API client %s is misconfigured: %s", client.slug, err.message)
+            self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
+            raise FlowError("This connection is not set up correctly",
+                            "The site's Lightspeed connection is misconfigured; staff can see "
+                            "why in the admin.", status=500, reason="misconfigured") from None
+        company, created = self.store(request, auth_request, tokens, identity, context)
+        signals.company_connected.send(sender=ConnectedCompany, company=company, created=created,
+                                       request=request)
+        return company
+
+    def store(self, request: HttpRequest, auth_request: AuthorizationRequest, tokens: TokenSet,
+              identity: Identity, context: dict[str, str]) -> tuple[ConnectedCompany, bool]:
+        """Create or update the company (one row per client and company id) and log it."""
+        client = auth_request.client
+        now = timezone.now()
+        details = {**identity.extra, **context}
+        values = dict(
+            name=identity.name[:255],
+            status=ConnectedCompany.Status.ACTIVE,
+            access_token=tokens.access_token,
+            refresh_token=tokens.refresh_token or "",
+            token_type=tokens.token_type[:32],
+            granted_scopes=tokens.scope[:1000],
+            expires_at=tokens.expires_at,
+            refresh_expires_at=tokens.refresh_expires_at,
+            connected_at=now,
+            connected_by=auth_request.created_by,
+            last_refreshed_at=None,
+            failure_count=0,
+            last_error="",
+            next_attempt_at=None,
+            refresh_lock_id="",
+            refresh_lock_until=None,
+        )
+        if auth_request.reference:
+            values["reference"] = auth_request.reference
+        for attempt in range(2):
+            try:
+                with transaction.atomic():
+                    company = (ConnectedCompany.objects.select_for_update()
+                               .filter(client=client, company_id=identity.company_id).first())
+                    created = company is None
+                    if created:
+                        company = ConnectedCompany(client=client, company_id=identity.company_id)
+                    for name, value in values.items():
+                        setattr(company, name, value)
+                    company.details = {**(company.details or {}), **details}
+                    company.save()
+                    if not created:
+                        ConnectedCompany.objects.filter(pk=company.pk).update(
+                            token_version=F("token_version") + 1)
+                        company.refresh_from_db(fields=["token_version"])
+                    AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
+                        outcome=AuthorizationRequest.Outcome.CONNECTED, company=company)
+                    TokenEvent.objects.create(
+                        company=company, kind=TokenEvent.Kind.CONNECTED, actor=auth_request.created_by,
+                        message="Connected." if created else "Connected again; new tokens stored.",
+                        details={"access_token": company.access_token_fingerprint,
+                                 "refresh_token": company.refresh_token_fingerprint,
+                                 "via_invitation": auth_request.via_invitation,
+                                 "authorization_request": auth_request.pk},
+                    )
+                break
+            except IntegrityError:
+                # Two callbacks for the same new company at once: the other one created the row.
+                if attempt:
+                    raise
+        logger.info("Company %s connected to API client %s (%s)", company.pk, client.slug,
+                    "new" if created else "again")
+        return company, created
+
+    def connect_success(self, request: HttpRequest, company: ConnectedCompany,
+                        auth_request: AuthorizationRequest) -> HttpResponse:
+        """Redirect to the validated ``next`` or SUCCESS_URL, or render the success page."""
+        next_url = auth_request.next_url
+        if next_url and url_has_allowed_host_and_scheme(
+            next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return HttpResponseRedirect(next_url)
+        if app_settings.SUCCESS_URL:
+            return HttpResponseRedirect(resolve_url(app_settings.SUCCESS_URL))
+        return TemplateResponse(request, self.success_template_name,
+                                {"company": company, "client": auth_request.client})
+
+    def flow_failed(self, request, error, auth_request=None):
+        if (app_settings.FAILURE_URL and auth_request is not None
+                and auth_request.used_at is not None):
+            url = resolve_url(app_settings.FAILURE_URL)
+            separator = "&" if "?" in url else "?"
+            return HttpResponseRedirect(f"{url}{separator}{urlencode({'reason': error.reason})}")
+        return super().flow_failed(request, error, auth_request)
