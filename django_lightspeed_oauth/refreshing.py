@@ -1,0 +1,231 @@
+"""Refreshing every company that is due, with a pool of workers, in constant memory.
+
+The refresh command, the Celery task and the benchmark all call :func:`refresh_due`. Several copies
+may run at once on several machines: each company's lease lock (see :mod:`.tokens`) makes sure only
+one of them refreshes it; the others count it as fine ("busy").
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable, Iterable, Iterator
+
+from django.db import connections
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from .conf import app_settings
+from .exceptions import LightspeedOAuthError
+from .models import ConnectedCompany
+from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, RefreshResult, refresh
+
+__all__ = ["Summary", "CompanyResult", "due_companies", "refresh_due", "EXIT_OK",
+           "EXIT_FAILED", "EXIT_REAUTHORIZATION"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_REAUTHORIZATION = 2
+CHUNK_SIZE = 500
+BUSY = "busy"
+ERROR = "error"
+
+
+@dataclass
+class CompanyResult:
+    """One line of a run: which company, what happened, and why if it went wrong."""
+
+    pk: int
+    company_id: str
+    client: str
+    outcome: str  # refreshed | fresh | busy | failed | reauthorization_required | error | due
+    message: str = ""
+
+
+@dataclass
+class Summary:
+    """Counts of one run of :func:`refresh_due`."""
+
+    considered: int = 0
+    refreshed: int = 0
+    fresh: int = 0
+    busy: int = 0
+    failed: int = 0
+    reauthorization_required: int = 0
+    dry_run: bool = False
+    problems: list[CompanyResult] = field(default_factory=list)
+
+    def add(self, result: CompanyResult) -> None:
+        self.considered += 1
+        if result.outcome == REFRESHED:
+            self.refreshed += 1
+        elif result.outcome == FRESH:
+            self.fresh += 1
+        elif result.outcome == BUSY:
+            self.busy += 1
+        elif result.outcome == REAUTHORIZATION_REQUIRED:
+            self.reauthorization_required += 1
+            self.problems.append(result)
+        elif result.outcome in (FAILED, ERROR):
+            self.failed += 1
+            self.problems.append(result)
+
+    @property
+    def exit_code(self) -> int:
+        if self.reauthorization_required:
+            return EXIT_REAUTHORIZATION
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def as_dict(self) -> dict:
+        return {
+            "considered": self.considered, "refreshed": self.refreshed, "fresh": self.fresh,
+            "busy": self.busy, "failed": self.failed,
+            "reauthorization_required": self.reauthorization_required,
+            "dry_run": self.dry_run, "exit_code": self.exit_code,
+            "problems": [{"company": p.pk, "company_id": p.company_id, "client": p.client,
+                          "outcome": p.outcome, "message": p.message} for p in self.problems],
+        }
+
+
+def due_companies(*, within: float | None = None, clients: Iterable[str] = (),
+                  company_ids: Iterable[str] = (), force: bool = False) -> QuerySet:
+    """Companies to refresh: expiring within ``within`` seconds and not backing off.
+
+    With ``force``: every active or failing company in the filters, whatever its expiry.
+    """
+    now = timezone.now()
+    within = float(app_settings.REFRESH_WITHIN if within is None else within)
+    query = ConnectedCompany.objects.filter(
+        status__in=[ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING],
+        client__is_active=True,
+    )
+    if not force:
+        query = query.filter(expires_at__lte=now + timedelta(seconds=within)).filter(
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+    clients = list(clients)
+    if clients:
+        query = query.filter(client__slug__in=clients)
+    ids = list(company_ids)
+    if ids:
+        match = Q(company_id__in=ids)
+        numeric = [int(i) for i in ids if str(i).isdigit()]
+        if numeric:
+            match |= Q(pk__in=numeric)
+        query = query.filter(match)
+    return query
+
+
+def _stream(query: QuerySet) -> Iterator[ConnectedCompany]:
+    # Keyset pages rather than one open cursor: an open read cursor would hold SQLite's shared lock
+    # and stop the workers from writing, and pages keep memory flat however many companies there are.
+    last = 0
+    while True:
+        page = list(query.select_related("client").filter(pk__gt=last).order_by("pk")[:CHUNK_SIZE])
+        if not page:
+            return
+        yield from page
+        last = page[-1].pk
+
+
+def _refresh_one(company: ConnectedCompany, force: bool, within: float | None) -> CompanyResult:
+    line = CompanyResult(company.pk, company.company_id, company.client.slug, ERROR)
+    try:
+        result: RefreshResult = refresh(company, force=force, within=within, wait=False)
+    except LightspeedOAuthError as err:
+        line.message = err.message
+        logger.warning("Refresh of company %s stopped: %s", company.pk, err.message)
+        return line
+    except Exception as err:  # one broken company must not stop the others
+        logger.exception("Unexpected error refreshing company %s", company.pk)
+        line.message = f"unexpected {type(err).__name__}"
+        return line
+    line.outcome = BUSY if (result.outcome == FRESH and result.waited) else result.outcome
+    if result.error is not None:
+        line.message = result.error.message
+    elif result.outcome == REAUTHORIZATION_REQUIRED:
+        line.message = company.last_error
+    return line
+
+
+def refresh_due(
+    *,
+    within: float | None = None,
+    clients: Iterable[str] = (),
+    company_ids: Iterable[str] = (),
+    force: bool = False,
+    dry_run: bool = False,
+    workers: int = 1,
+    on_result: Callable[[CompanyResult], None] | None = None,
+    stop: threading.Event | None = None,
+) -> Summary:
+    """Refresh every due company with ``workers`` threads; call ``on_result`` for each one.
+
+    ``within`` is in seconds (default REFRESH_WITHIN). A company refreshed (or being refreshed)
+    by another process at the same time counts as ``busy``, which is fine. ``stop`` ends the run
+    early: companies not started yet are left for the next run.
+    """
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    summary = Summary(dry_run=dry_run)
+    query = due_companies(within=within, clients=clients, company_ids=company_ids, force=force)
+    report = on_result or (lambda result: None)
+    margin = within if within is not None else float(app_settings.REFRESH_WITHIN)
+
+    if connections[query.db].in_atomic_block:
+        # Worker threads have their own connections and cannot see the caller's uncommitted rows.
+        workers = 1
+    if dry_run or workers == 1:
+        for company in _stream(query):
+            if stop is not None and stop.is_set():
+                break
+            if dry_run:
+                result = CompanyResult(company.pk, company.company_id, company.client.slug, "due",
+                                       f"expires {company.expires_at:%Y-%m-%d %H:%M:%S}"
+                                       if company.expires_at else "no expiry")
+                summary.considered += 1
+            else:
+                result = _refresh_one(company, force, margin)
+                summary.add(result)
+            report(result)
+        return summary
+
+    # Bounded queue: the reader never gets more than a few pages ahead of the workers.
+    jobs: queue.Queue = queue.Queue(maxsize=workers * 4)
+    lock = threading.Lock()
+    done = object()
+
+    def work() -> None:
+        try:
+            while True:
+                company = jobs.get()
+                if company is done:
+                    return
+                result = _refresh_one(company, force, margin)
+                with lock:
+                    summary.add(result)
+                    report(result)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=work, name=f"lightspeed-refresh-{n}", daemon=True)
+               for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    try:
+        for company in _stream(query):
+            if stop is not None and stop.is_set():
+                break
+            jobs.put(company)
+    finally:
+        for _ in threads:
+            jobs.put(done)
+        for thread in threads:
+            thread.join()
+    return summary

@@ -1,0 +1,227 @@
+"""Refresh: outcomes, failure classes, get_access_token, api_session, transactions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import responses
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from django_lightspeed_oauth import signals
+from django_lightspeed_oauth.exceptions import (
+    CompanyDisconnected,
+    ReauthorizationRequired,
+    RefreshFailed,
+)
+from django_lightspeed_oauth.models import ConnectedCompany, TokenEvent
+from django_lightspeed_oauth.testing import FakeTokenEndpoint, make_company
+from django_lightspeed_oauth.tokens import refresh
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def received():
+    """Collect every app signal sent during the test, by name."""
+    got: dict[str, list] = {}
+    names = ["token_refreshed", "token_refresh_failed", "reauthorization_required",
+             "company_disconnected"]
+    handlers = {}
+    for name in names:
+        def handler(name=name, **kwargs):
+            got.setdefault(name, []).append(kwargs)
+        handlers[name] = handler
+        getattr(signals, name).connect(handler, weak=False, dispatch_uid=f"test-{name}")
+    yield got
+    for name in names:
+        getattr(signals, name).disconnect(dispatch_uid=f"test-{name}")
+
+
+def test_fresh_token_is_returned_without_a_query_or_a_request(mocked):
+    company = make_company(expires_in=3600)
+    with CaptureQueriesContext(connection) as queries:
+        token = company.get_access_token()
+    assert token == company.access_token
+    assert len(queries) == 0
+    assert not mocked.calls
+
+
+def test_expiring_token_is_refreshed_rotated_and_logged(received):
+    company = make_company(expires_in=60)
+    old_refresh = company.refresh_token
+    with FakeTokenEndpoint(company.client) as fake:
+        token = company.get_access_token()
+    assert token == fake.last_access_token
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.access_token == token
+    assert stored.refresh_token == fake.last_refresh_token != old_refresh
+    assert stored.expires_at > timezone.now() + timedelta(minutes=50)
+    assert stored.token_version == 1 and stored.refresh_lock_id == ""
+    assert fake.requests[0]["params"] == {"grant_type": "refresh_token",
+                                          "refresh_token": old_refresh}
+    event = TokenEvent.objects.get(company=company, kind="refreshed")
+    assert old_refresh not in str(event.details) and token not in str(event.details)
+    assert event.details["rotated"] is True
+    assert [kw["company"].pk for kw in received["token_refreshed"]] == [company.pk]
+
+
+def test_refresh_without_a_new_refresh_token_keeps_the_old_one():
+    company = make_company(expires_in=60)
+    old_refresh = company.refresh_token
+    with FakeTokenEndpoint(company.client, rotate=False) as fake:
+        company.refresh()
+        company.refresh(force=True)
+    assert ConnectedCompany.objects.get(pk=company.pk).refresh_token == old_refresh
+    assert fake.refresh_count == 2
+
+
+def test_not_expiring_token_is_not_refreshed_unless_forced(mocked):
+    company = make_company(expires_in=3600)
+    assert company.refresh() == "fresh"
+    assert not mocked.calls
+    with FakeTokenEndpoint(company.client, mock=mocked) as fake:
+        assert company.refresh(force=True) == "refreshed"
+    assert fake.refresh_count == 1
+
+
+@pytest.mark.parametrize("error", ["invalid_grant"])
+def test_invalid_grant_means_reauthorization_and_no_more_attempts(received, error):
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(error)
+        with pytest.raises(ReauthorizationRequired):
+            company.get_access_token()
+        with pytest.raises(ReauthorizationRequired):
+            company.get_access_token()
+        assert company.refresh(force=True) == "reauthorization_required"
+    assert len(fake.requests) == 1
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.status == "reauthorization_required"
+    assert "invalid_grant" in stored.last_error
+    assert TokenEvent.objects.filter(company=company, kind="reauthorization_required").count() == 1
+    assert len(received["reauthorization_required"]) == 1
+
+
+def test_reused_refresh_token_is_reported_as_reauthorization_required():
+    company = make_company(expires_in=60)
+    stale = ConnectedCompany.objects.get(pk=company.pk)
+    with FakeTokenEndpoint(company.client) as fake:
+        company.refresh()
+        # Forge a stale copy that lost track of the rotation: the lock refuses it, it re-reads.
+        assert stale.refresh(force=True) == "fresh"
+    assert fake.refresh_count == 1
+    assert stale.access_token == company.access_token
+
+
+@pytest.mark.parametrize("failure,status,retry_after", [
+    (503, 503, 120), (429, 429, 120), (500, 500, None), ("html", 200, None),
+    ("timeout", None, None),
+])
+def test_transient_failures_back_off_and_keep_the_tokens(received, failure, status, retry_after):
+    company = make_company(expires_in=120)  # within the margin, still valid
+    before = (company.access_token, company.refresh_token)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(failure)
+        assert company.get_access_token() == before[0]  # still valid: the caller goes on
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert (stored.access_token, stored.refresh_token) == before
+    assert stored.status == "failing" and stored.failure_count == 1
+    assert stored.last_error
+    wait = (stored.next_attempt_at - timezone.now()).total_seconds()
+    assert wait > (retry_after or 50) - 5
+    (sent,) = received["token_refresh_failed"]
+    assert sent["attempt"] == 1 and sent["error"].status_code == status
+    assert len(fake.requests) == 1  # never retried after it may have reached the server
+
+
+def test_expired_token_with_a_failing_refresh_raises_a_clear_error():
+    company = make_company(expires_in=-10)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(502)
+        with pytest.raises(RefreshFailed, match="expired and could not be refreshed"):
+            company.get_access_token()
+
+
+def test_invalid_client_is_failing_not_reauthorization():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with("invalid_client")
+        company.refresh()
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.status == "failing"
+    assert "client id and secret" in stored.last_error
+
+
+def test_success_after_failures_resets_the_company(received):
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(500)
+        company.refresh()
+        fake.fail_with(None)
+        assert company.refresh() == "refreshed"
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert (stored.status, stored.failure_count, stored.last_error, stored.next_attempt_at) == (
+        "active", 0, "", None)
+
+
+def test_disconnect_erases_tokens_and_keeps_history(received, django_user_model):
+    company = make_company()
+    user = django_user_model.objects.create_user("op")
+    company.disconnect(user=user)
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert (stored.status, stored.access_token, stored.refresh_token) == ("disconnected", "", "")
+    assert TokenEvent.objects.get(company=company, kind="disconnected").actor == user
+    assert received["company_disconnected"][0]["user"] == user
+    with pytest.raises(CompanyDisconnected):
+        stored.get_access_token()
+
+
+def test_a_held_lock_makes_others_wait_and_use_the_winners_token(settings):
+    company = make_company(expires_in=60)
+    # Another process holds the lease for a while and then finishes.
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="other", refresh_lock_until=timezone.now() + timedelta(seconds=30))
+    with FakeTokenEndpoint(company.client) as fake:
+        result = refresh(company, wait=False)
+    assert (result.outcome, result.waited) == ("fresh", True)
+    assert fake.refresh_count == 0
+
+
+def test_an_expired_lease_is_taken_over():
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="crashed", refresh_lock_until=timezone.now() - timedelta(seconds=1))
+    with FakeTokenEndpoint(company.client) as fake:
+        assert company.refresh() == "refreshed"
+    assert fake.refresh_count == 1
+
+
+def test_api_session_sends_the_bearer_token_and_retries_once_after_401(mocked):
+    company = make_company(expires_in=3600)
+    first = company.access_token
+    url = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
+    mocked.add(responses.GET, url, status=401)
+    mocked.add(responses.GET, url, json=[{"businessId": 1}])
+    with FakeTokenEndpoint(company.client, mock=mocked) as fake:
+        response = company.api_session().get("/f/data/businesses")
+    assert response.json() == [{"businessId": 1}]
+    api_calls = [c for c in mocked.calls if c.request.url == url]
+    assert api_calls[0].request.headers["Authorization"] == f"Bearer {first}"
+    assert api_calls[1].request.headers["Authorization"] == f"Bearer {fake.last_access_token}"
+    assert fake.refresh_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_new_tokens_survive_a_rollback_of_the_callers_transaction():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        with pytest.raises(RuntimeError):
+            with transaction.atomic():
+                company.get_access_token()
+                raise RuntimeError("the caller's work failed")
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.refresh_token == fake.last_refresh_token
+    assert stored.token_version == 1
