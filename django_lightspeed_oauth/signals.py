@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.dispatch import Signal
 
 __all__ = [
@@ -10,7 +12,10 @@ __all__ = [
     "token_refresh_failed",
     "reauthorization_required",
     "company_disconnected",
+    "send",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: kwargs: company, created (bool), request (or None)
 company_connected = Signal()
@@ -22,3 +27,17 @@ token_refresh_failed = Signal()
 reauthorization_required = Signal()
 #: kwargs: company, user (or None)
 company_disconnected = Signal()
+
+
+def send(signal: Signal, **kwargs) -> None:
+    """Send ``signal`` to every receiver; a receiver that raises is logged, not propagated.
+
+    The signals report something that already happened (tokens are stored by then); a broken
+    receiver must not turn that into a failure for the caller of ``get_access_token()``.
+    """
+    from .models import ConnectedCompany
+
+    for receiver, result in signal.send_robust(sender=ConnectedCompany, **kwargs):
+        if isinstance(result, Exception):
+            logger.error("Receiver %r of a lightspeed_oauth signal raised", receiver,
+                         exc_info=(type(result), result, result.__traceback__))

@@ -222,7 +222,7 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         "rotated": rotated,
         "expires_at": company.expires_at.isoformat() if company.expires_at else None,
     })
-    signals.token_refreshed.send(sender=ConnectedCompany, company=company)
+    signals.send(signals.token_refreshed, company=company)
     return RefreshResult(company, REFRESHED, waited=waited)
 
 
@@ -243,7 +243,7 @@ def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, me
     logger.warning("Company %s needs re-authorization: %s", company.pk, message)
     _event(company, TokenEvent.Kind.REAUTHORIZATION_REQUIRED, message,
            {"error": err.error if err else "", "status_code": err.status_code if err else None})
-    signals.reauthorization_required.send(sender=ConnectedCompany, company=company, error=err)
+    signals.send(signals.reauthorization_required, company=company, error=err)
     return RefreshResult(company, REAUTHORIZATION_REQUIRED, error=err)
 
 
@@ -274,7 +274,7 @@ def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError,
         "error": err.error, "status_code": err.status_code, "attempt": failures,
         "next_attempt_at": next_attempt.isoformat(),
     })
-    signals.token_refresh_failed.send(sender=ConnectedCompany, company=company, error=err,
+    signals.send(signals.token_refresh_failed, company=company, error=err,
                                       attempt=failures)
     return RefreshResult(company, FAILED, error=err)
 
@@ -320,7 +320,7 @@ def disconnect(company: ConnectedCompany, *, user=None, message: str = "") -> No
     company.refresh_from_db(fields=_REREAD_FIELDS)
     _event(company, TokenEvent.Kind.DISCONNECTED, message or "Disconnected; tokens erased.", {},
            actor=user)
-    signals.company_disconnected.send(sender=ConnectedCompany, company=company, user=user)
+    signals.send(signals.company_disconnected, company=company, user=user)
 
 
 class CompanySession(requests.Session):

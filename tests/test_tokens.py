@@ -225,3 +225,18 @@ def test_new_tokens_survive_a_rollback_of_the_callers_transaction():
     stored = ConnectedCompany.objects.get(pk=company.pk)
     assert stored.refresh_token == fake.last_refresh_token
     assert stored.token_version == 1
+
+
+def test_a_broken_signal_receiver_does_not_fail_a_stored_refresh(caplog):
+    def broken(**kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.token_refreshed.connect(broken, weak=False, dispatch_uid="test-broken")
+    try:
+        company = make_company(expires_in=60)
+        with FakeTokenEndpoint(company.client) as fake:
+            assert company.get_access_token() == fake.last_access_token
+    finally:
+        signals.token_refreshed.disconnect(dispatch_uid="test-broken")
+    assert ConnectedCompany.objects.get(pk=company.pk).refresh_token == fake.last_refresh_token
+    assert "Receiver" in caplog.text
