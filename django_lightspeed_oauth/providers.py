@@ -158,7 +158,7 @@ def _seconds(value: Any) -> int | None:
         return None
     try:
         seconds = int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: "1e400" is infinity
         return None
     return seconds if seconds > 0 else None
 
@@ -342,13 +342,22 @@ class Provider:
             refresh_token = None
         now = now or datetime.now(timezone.utc)
         expires_at = None
-        expires_in = _seconds(payload.get(self.expires_in_key))
-        if expires_in is not None:
-            expires_at = now + timedelta(seconds=expires_in)
-        elif _seconds(payload.get("expires")) is not None:
-            # Retail X-Series also sends an absolute epoch time.
-            expires_at = datetime.fromtimestamp(_seconds(payload["expires"]), timezone.utc)
-        refresh_expires_in = _seconds(payload.get("refresh_expires_in"))
+        refresh_expires_at = None
+        try:
+            expires_in = _seconds(payload.get(self.expires_in_key))
+            if expires_in is not None:
+                expires_at = now + timedelta(seconds=expires_in)
+            elif _seconds(payload.get("expires")) is not None:
+                # Retail X-Series also sends an absolute epoch time.
+                expires_at = datetime.fromtimestamp(_seconds(payload["expires"]), timezone.utc)
+            refresh_expires_in = _seconds(payload.get("refresh_expires_in"))
+            if refresh_expires_in:
+                refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
+        except (OverflowError, ValueError, OSError):
+            # A number so large it is past the year 9999: not an answer we can keep.
+            raise TransientTokenError(
+                "The token endpoint's answer has an expiry that is not a usable time."
+            ) from None
         secret_keys = {self.access_token_key, self.refresh_token_key, "id_token"}
         extra = {
             name: value
@@ -362,9 +371,7 @@ class Provider:
             expires_at=expires_at,
             token_type=str(payload.get("token_type") or "bearer"),
             scope=str(payload.get("scope") or ""),
-            refresh_expires_at=(
-                now + timedelta(seconds=refresh_expires_in) if refresh_expires_in else None
-            ),
+            refresh_expires_at=refresh_expires_at,
             id_token=id_token if isinstance(id_token, str) else None,
             extra=extra,
         )
@@ -387,10 +394,15 @@ class Provider:
     ) -> Identity:
         """Find the company in the identity endpoint's answer (or the tokens, or the callback)."""
         company_id = _dig(payload, self.identity_id_key) if self.identity_id_key else None
-        if company_id in (None, ""):
+        if company_id in (None, "") or isinstance(company_id, bool):
             raise IdentityError(
                 f"The {self.name} identity answer has no {self.identity_id_key or 'id'!r}: "
                 "cannot tell which company connected."
+            )
+        if not isinstance(company_id, (str, int)) or len(str(company_id)) > 255:
+            # ConnectedCompany.company_id holds 255 characters; a dict or a novel is not an id.
+            raise IdentityError(
+                f"The {self.name} identity answer's {self.identity_id_key!r} is not a company id."
             )
         name = _dig(payload, self.identity_name_key) if self.identity_name_key else ""
         return Identity(company_id=str(company_id), name=str(name or ""))
@@ -478,6 +490,21 @@ class RetailRProvider(Provider):
     identity_url = "{api}/API/V3/Account.json"
     identity_id_key = "Account.accountID"
     identity_name_key = "Account.name"
+
+    # A JSON body or a scope on refresh gets 400 invalid_grant, which reads as a revoked grant
+    # and would send every merchant back through the consent page: refuse both.
+    @classmethod
+    def validate_options(cls, options: Any) -> dict[str, Any]:
+        clean = super().validate_options(options)
+        if clean.get("scope_on_refresh") or clean.get("token_params", "form") != "form":
+            raise ProviderError(
+                "Invalid provider options: Retail R-Series takes form-encoded token requests "
+                "without a scope on refresh (anything else is answered 400 invalid_grant)."
+            )
+        return clean
+
+    def refresh_grant(self, *, refresh_token: str, scopes: str) -> dict[str, str]:
+        return super().refresh_grant(refresh_token=refresh_token, scopes="")
 
 
 class RetailXProvider(Provider):

@@ -8,7 +8,8 @@ import logging
 import re
 import secrets
 import string
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 SESSION_BINDING_KEY = "lightspeed_oauth_binding"
 STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
 PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
+NEXT_URL_MAX_LENGTH = AuthorizationRequest._meta.get_field("next_url").max_length
 
 
 class FlowError(Exception):
@@ -68,6 +71,14 @@ def _pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def _misconfigured(client: ApiClient | None, err: ConfigurationError) -> FlowError:
+    # The detail goes to the log for staff; the browser gets a sentence without it.
+    logger.error("API client %s cannot be used: %s", client.slug if client else "?", err.message)
+    return FlowError("This connection is not set up correctly",
+                     "The site's Lightspeed connection is misconfigured; staff have been "
+                     "told why.", status=500, reason="misconfigured")
+
+
 class FlowViewMixin:
     """What every view of the flow shares: error pages and starting a flow."""
 
@@ -89,10 +100,7 @@ class FlowViewMixin:
             provider = client.get_provider()
             authorize_url = client.authorize_endpoint()
         except ConfigurationError as err:
-            logger.error("API client %s cannot start a flow: %s", client.slug, err.message)
-            raise FlowError("This connection is not set up correctly",
-                            "The site's Lightspeed connection is misconfigured; staff have been "
-                            "told why.", status=500, reason="misconfigured") from None
+            raise _misconfigured(client, err) from None
         state = get_random_string(provider.state_length, STATE_ALPHABET)
         verifier = secrets.token_urlsafe(48) if provider.uses_pkce else ""
         now = timezone.now()
@@ -143,9 +151,10 @@ class ConnectView(FlowViewMixin, View):
         client = get_object_or_404(ApiClient, slug=slug, is_active=True)
         try:
             next_url = request.GET.get("next", "")
-            if next_url and not url_has_allowed_host_and_scheme(
-                next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-            ):
+            if next_url and (len(next_url) > NEXT_URL_MAX_LENGTH
+                             or not url_has_allowed_host_and_scheme(
+                                 next_url, allowed_hosts={request.get_host()},
+                                 require_https=request.is_secure())):
                 raise FlowError("Invalid next page", "The page to return to must be on this site.",
                                 reason="bad_next")
             return self.start_flow(request, client, created_by=request.user,
@@ -171,7 +180,7 @@ class InviteView(FlowViewMixin, View):
         if not isinstance(data, dict) or not {"c", "r", "e"} <= set(data):
             raise FlowError("Invalid invitation", "This invitation link is not valid.",
                             reason="bad_invitation")
-        expires = timezone.datetime.fromtimestamp(int(data["e"]), tz=timezone.utc)
+        expires = datetime.fromtimestamp(int(data["e"]), tz=dt_timezone.utc)
         if expires <= timezone.now():
             raise FlowError("Invitation expired", "This invitation link has expired. Ask for a "
                             "new one.", status=410, reason="invitation_expired")
@@ -184,11 +193,15 @@ class InviteView(FlowViewMixin, View):
     def get(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
             client, reference, expires = self.load(token)
+            try:
+                provider = client.get_provider()
+            except ConfigurationError as err:
+                raise _misconfigured(client, err) from None
         except FlowError as err:
             return self.flow_failed(request, err)
         return TemplateResponse(request, self.template_name,
                                 {"client": client, "reference": reference, "expires_at": expires,
-                                 "provider": client.get_provider()})
+                                 "provider": provider})
 
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
@@ -207,8 +220,13 @@ class CallbackView(FlowViewMixin, View):
     def get(self, request: HttpRequest) -> HttpResponse:
         auth_request = None
         try:
-            auth_request = self.find_request(request)
-            company = self.complete(request, auth_request)
+            try:
+                auth_request = self.find_request(request)
+                company = self.complete(request, auth_request)
+            except ConfigurationError as err:
+                # A provider removed from PROVIDERS, or a secret no key decrypts, since the flow
+                # started: a clear page, not a traceback.
+                raise _misconfigured(auth_request.client if auth_request else None, err) from None
         except FlowError as err:
             return self.flow_failed(request, err, auth_request)
         return self.connect_success(request, company, auth_request)
@@ -216,11 +234,12 @@ class CallbackView(FlowViewMixin, View):
     # Steps, each overridable -------------------------------------------------------------------
 
     def find_request(self, request: HttpRequest) -> AuthorizationRequest:
-        state = request.GET.get("state", "")
+        states = request.GET.getlist("state")
+        state = states[-1] if states else ""
         if not state:
             raise FlowError("Missing state", "This link is incomplete: it has no state. Start "
                             "again from the site.", reason="missing_state")
-        if not STATE_PATTERN.match(state):
+        if len(states) > 1 or not STATE_PATTERN.match(state):
             raise FlowError("Invalid state", "This link is not one the site started.",
                             reason="invalid_state")
         auth_request = (AuthorizationRequest.objects.select_related("client")
@@ -271,7 +290,8 @@ class CallbackView(FlowViewMixin, View):
         error = params.get("error", "")
         if error:
             code = error if PRINTABLE.match(error) else "invalid_error"
-            description = params.get("error_description", "")[:300]
+            # Control characters (NUL above all) cannot be stored by every database.
+            description = CONTROL_CHARACTERS.sub("", params.get("error_description", ""))[:300]
             outcome = (AuthorizationRequest.Outcome.DENIED if code == "access_denied"
                        else AuthorizationRequest.Outcome.FAILED)
             self.consume(auth_request, outcome=outcome,
@@ -281,7 +301,8 @@ class CallbackView(FlowViewMixin, View):
                                 "declined, so nothing was connected.", reason="access_denied")
             raise FlowError("Lightspeed refused the connection",
                             f"Lightspeed answered with an error ({code}).", reason="provider_error")
-        code = params.get("code", "")
+        codes = params.getlist("code")
+        code = codes[0] if len(codes) == 1 else ""
         if not code or not PRINTABLE.match(code):
             raise FlowError("Missing code", "Lightspeed's answer has no valid authorization code.",
                             reason="missing_code")

@@ -1,0 +1,158 @@
+"""System checks: each id is triggered by the mistake it exists for, and a sane setup has none."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from django_lightspeed_oauth import checks
+from django_lightspeed_oauth.models import ApiClient
+from django_lightspeed_oauth.testing import make_client
+from tests.settings import LIGHTSPEED_OAUTH, MIDDLEWARE
+
+# A URLconf without the app's URLs, for E006 (ROOT_URLCONF points at this module).
+urlpatterns: list = []
+
+
+def lightspeed_settings(**values):
+    return override_settings(LIGHTSPEED_OAUTH={**LIGHTSPEED_OAUTH, **values})
+
+
+def ids(messages) -> list[str]:
+    return [m.id for m in messages]
+
+
+def all_checks(databases=None) -> list:
+    return (checks.check_encryption_keys() + checks.check_settings()
+            + checks.check_callback_url() + checks.check_api_clients(databases=databases))
+
+
+@pytest.mark.django_db
+def test_a_sane_setup_has_no_messages():
+    make_client(environment="production", redirect_uri="https://shop.example.com/cb/",
+                provider_options={"state_length": 40})
+    assert all_checks(databases=["default"]) == []
+    ours = [m for m in run_checks(databases=["default"]) if m.id.startswith("lightspeed_oauth.")]
+    assert ours == []
+
+
+@override_settings(DEBUG=False, LIGHTSPEED_OAUTH={})
+def test_e001_no_encryption_keys_outside_debug():
+    (error,) = checks.check_encryption_keys()
+    assert error.id == "lightspeed_oauth.E001"
+    assert "ENCRYPTION_KEYS" in error.msg and "Fernet.generate_key()" in error.hint
+
+
+@override_settings(DEBUG=True, LIGHTSPEED_OAUTH={})
+def test_e001_allows_a_derived_key_while_debugging():
+    assert checks.check_encryption_keys() == []
+
+
+@lightspeed_settings(ENCRYPTION_KEYS=[LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"][0], "too-short"])
+def test_e002_an_invalid_fernet_key():
+    (error,) = checks.check_encryption_keys()
+    assert error.id == "lightspeed_oauth.E002"
+    assert '["ENCRYPTION_KEYS"][1]' in error.msg
+    assert "too-short" not in error.msg + error.hint  # a key is a secret too
+
+
+@lightspeed_settings(PROVIDERS=["no.such.module.Provider"])
+def test_e003_a_provider_path_that_cannot_be_imported():
+    messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E003"]
+    assert "no.such.module.Provider" in messages[0].msg
+
+
+@lightspeed_settings(PROVIDERS=["django_lightspeed_oauth.providers.TokenSet"])
+def test_e003_a_provider_path_that_is_not_a_provider():
+    messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E003"]
+    assert "not a Provider subclass" in messages[0].msg
+
+
+@pytest.mark.parametrize("timeouts", [
+    {"LOCK_TIMEOUT": 30},  # default HTTP_TIMEOUT (5, 20): up to 35 s
+    {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": 15},  # 3 * 15 + 15 = 60: not longer
+    {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": (10, 40)},
+])
+def test_e004_a_lock_that_can_expire_during_a_token_request(timeouts):
+    with lightspeed_settings(**timeouts):
+        messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E004"]
+    assert "LOCK_TIMEOUT" in messages[0].msg and "used twice" in messages[0].hint
+
+
+@lightspeed_settings(LOCK_TIMEOUT=61, HTTP_TIMEOUT=15)
+def test_e004_passes_once_the_lock_outlasts_the_request():
+    assert checks.check_settings() == []
+
+
+@override_settings(MIDDLEWARE=[m for m in MIDDLEWARE if "Session" not in m])
+def test_e005_sessions_are_required():
+    messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E005"]
+    assert "SessionMiddleware" in messages[0].hint
+
+
+@override_settings(ROOT_URLCONF=__name__)
+def test_e006_the_callback_url_is_not_wired():
+    messages = checks.check_callback_url()
+    assert ids(messages) == ["lightspeed_oauth.E006"]
+    assert 'include("django_lightspeed_oauth.urls")' in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_e007_an_api_client_with_an_unknown_provider():
+    client = make_client()
+    ApiClient.objects.filter(pk=client.pk).update(provider="k-series-v9")
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.E007"]
+    assert "'k-series-v9'" in messages[0].msg and messages[0].obj.pk == client.pk
+
+
+@pytest.mark.django_db
+def test_e008_an_api_client_with_invalid_provider_options():
+    client = make_client()
+    ApiClient.objects.filter(pk=client.pk).update(provider_options={"pkce": "sometimes"})
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.E008"]
+    assert client.slug in messages[0].msg and "pkce" in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_inactive_api_clients_are_not_checked():
+    client = make_client(is_active=False)
+    ApiClient.objects.filter(pk=client.pk).update(provider="gone")
+    assert checks.check_api_clients(databases=["default"]) == []
+
+
+@pytest.mark.django_db
+def test_database_checks_only_run_when_asked_for_a_database():
+    client = make_client()
+    ApiClient.objects.filter(pk=client.pk).update(provider="gone")
+    assert checks.check_api_clients(databases=None) == []
+
+
+@lightspeed_settings(FOO=1, ENCRYPTON_KEYS=[])
+def test_w001_unknown_setting_keys():
+    messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.W001"]
+    assert "ENCRYPTON_KEYS, FOO" in messages[0].msg
+
+
+@pytest.mark.django_db
+def test_w002_a_production_client_without_https():
+    make_client(environment="production", redirect_uri="http://shop.example.com/cb/")
+    make_client(environment="trial", redirect_uri="http://localhost:8000/cb/")  # fine off prod
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.W002"]
+    assert "https" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_checks_are_registered_with_django():
+    make_client(environment="production", redirect_uri="http://shop.example.com/cb/")
+    with lightspeed_settings(LOCK_TIMEOUT=1):
+        found = {m.id for m in run_checks(databases=["default"])}
+    assert {"lightspeed_oauth.E004", "lightspeed_oauth.W002"} <= found
