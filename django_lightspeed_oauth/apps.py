@@ -11,4 +11,11 @@ class LightspeedOAuthConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import logging
+
         from . import checks  # noqa: F401  (registers the checks)
+        from .oauth import RedactGrantParameters
+
+        urllib3_logger = logging.getLogger("urllib3.connectionpool")
+        if not any(isinstance(f, RedactGrantParameters) for f in urllib3_logger.filters):
+            urllib3_logger.addFilter(RedactGrantParameters())

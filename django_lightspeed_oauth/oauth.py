@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import threading
 import time
 from typing import Any, Mapping
@@ -39,6 +40,26 @@ USER_AGENT = f"django-lightspeed-oauth/{__version__} (+python-requests/{requests
 REVOKED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client", "invalid_token"})
 
 _local = threading.local()
+
+_GRANT_VALUE = re.compile(
+    r"((?:^|[?&\s])(?:code|refresh_token|access_token|client_secret|code_verifier)=)[^&\s\"']+"
+)
+
+
+class RedactGrantParameters(logging.Filter):
+    """Blank grant values in urllib3's debug lines, which print the request path with its query.
+
+    K-Series V1 sends the code or refresh token as URL query parameters; a site that turns on
+    debug logging for urllib3 would otherwise write them to its logs. Installed on the
+    ``urllib3.connectionpool`` logger by the app's ``ready()``.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _GRANT_VALUE.sub(r"\1[redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
 
 
 def http_session() -> requests.Session:
