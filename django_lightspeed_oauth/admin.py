@@ -1,0 +1,494 @@
+"""Admin pages for API clients, connected companies, authorization requests and token events.
+
+Secrets never reach a page: client secrets are write-only, tokens and PKCE verifiers are shown as
+fingerprints or not at all, and states only cut short.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import django
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import Count, Q, QuerySet
+from django.forms import BaseInlineFormSet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.text import Truncator
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import tokens
+from .conf import app_settings
+from .exceptions import LightspeedOAuthError
+from .forms import ApiClientAdminForm, InvitationForm
+from .models import ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
+from .providers import provider_choices, provider_classes
+
+__all__ = ["ApiClientAdmin", "ConnectedCompanyAdmin", "AuthorizationRequestAdmin",
+           "TokenEventAdmin", "humanize_expiry"]
+
+Status = ConnectedCompany.Status
+
+#: How many of a company's newest token events its change page shows.
+RECENT_EVENTS = 50
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(abs(seconds))
+    if seconds < 60:
+        return _("%(n)d s") % {"n": seconds}
+    minutes = seconds // 60
+    if minutes < 60:
+        return _("%(n)d min") % {"n": minutes}
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        if minutes:
+            return _("%(h)d h %(m)d min") % {"h": hours, "m": minutes}
+        return _("%(h)d h") % {"h": hours}
+    days = hours // 24
+    return ngettext("%(n)d day", "%(n)d days", days) % {"n": days}
+
+
+def humanize_expiry(expires_at: datetime | None, now: datetime | None = None) -> str:
+    """``"in 54 min"`` or ``"expired 3 min ago"``; empty when there is no expiry."""
+    if expires_at is None:
+        return ""
+    delta = (expires_at - (now or timezone.now())).total_seconds()
+    if delta > 0:
+        return _("in %(duration)s") % {"duration": _duration(delta)}
+    return _("expired %(duration)s ago") % {"duration": _duration(delta)}
+
+
+def _provider_name(key: str) -> str:
+    cls = provider_classes().get(key)
+    return cls.name if cls else key
+
+
+def _callback_url(request: HttpRequest) -> str:
+    return request.build_absolute_uri(reverse("lightspeed_oauth:callback"))
+
+
+def _can_connect(request: HttpRequest) -> bool:
+    return request.user.has_perm(app_settings.CONNECT_PERMISSION)
+
+
+# API clients --------------------------------------------------------------------------------
+
+
+class ProviderFilter(admin.SimpleListFilter):
+    """Providers by display name (the column holds keys)."""
+
+    title = _("provider")
+    parameter_name = "provider"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return provider_choices()
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        return queryset.filter(provider=value) if value else queryset
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    form = ApiClientAdminForm
+    list_display = ["name", "provider_name", "environment", "client_id", "connected_count",
+                    "active_count", "failing_count", "reauthorization_count", "is_active"]
+    list_filter = [ProviderFilter, "environment", "is_active"]
+    search_fields = ["name", "slug", "client_id"]
+    prepopulated_fields = {"slug": ["name"]}
+    if django.VERSION >= (5, 0):
+        # Redirect URIs are https; say so before Django 6 makes it the default.
+        formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["client_secret_fingerprint", "redirect_uri_to_register", "provider_notes",
+                       "created_at", "updated_at"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApiClient | None = None) -> list:
+        credentials = ["client_id", "client_secret", "client_secret_fingerprint", "redirect_uri",
+                       "redirect_uri_to_register"]
+        provider = ["scopes", "authorize_url", "token_url", "provider_options", "provider_notes"]
+        if obj is None:
+            # Nothing stored yet: no fingerprint, and redirect_uri starts as the callback URL.
+            credentials = [f for f in credentials
+                           if f not in ("client_secret_fingerprint", "redirect_uri_to_register")]
+            provider.remove("provider_notes")
+        elif not self.has_change_permission(request, obj):
+            # View-only pages show every field read-only, reading it from the model: the
+            # secret itself must not be one of them.
+            credentials.remove("client_secret")
+        fieldsets = [
+            (None, {"fields": ["name", "slug", "provider", "environment", "is_active"]}),
+            (_("Credentials"), {"fields": credentials}),
+            (_("Scopes and endpoints"), {"fields": provider}),
+        ]
+        if obj is not None:
+            fieldsets.append((_("History"), {"fields": ["created_at", "updated_at"],
+                                             "classes": ["collapse"]}))
+        return fieldsets
+
+    def get_form(self, request: HttpRequest, obj: ApiClient | None = None, change: bool = False,
+                 **kwargs: Any):
+        fields = kwargs.get("fields")
+        if fields is None:
+            fields = [f for _name, options in self.get_fieldsets(request, obj)
+                      for f in options["fields"]]
+        # client_secret is a form-only field: the model field is not editable, by design.
+        kwargs["fields"] = [f for f in fields if f != "client_secret"]
+        return super().get_form(request, obj, change, **kwargs)
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        initial = super().get_changeform_initial_data(request)
+        initial.setdefault("redirect_uri", _callback_url(request))
+        return initial
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            # Display methods only get the object; the callback's absolute URL needs the request.
+            obj._admin_callback_url = _callback_url(request)
+        return obj
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiClient]:
+        return super().get_queryset(request).annotate(
+            connected_count=Count("companies", filter=~Q(companies__status=Status.DISCONNECTED)),
+            active_count=Count("companies", filter=Q(companies__status=Status.ACTIVE)),
+            failing_count=Count("companies", filter=Q(companies__status=Status.FAILING)),
+            reauthorization_count=Count(
+                "companies", filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)),
+        )
+
+    # Columns ------------------------------------------------------------------------------
+
+    @admin.display(description=_("provider"), ordering="provider")
+    def provider_name(self, obj: ApiClient) -> str:
+        return _provider_name(obj.provider)
+
+    def _companies_link(self, obj: ApiClient, count: int, status: str | None) -> str:
+        if not count:
+            return "0"
+        query = {"client__id__exact": obj.pk}
+        if status:
+            query["status__exact"] = status
+        url = reverse("admin:lightspeed_oauth_connectedcompany_changelist")
+        return format_html('<a href="{}?{}">{}</a>', url, urlencode(query), count)
+
+    @admin.display(description=_("connected"), ordering="connected_count")
+    def connected_count(self, obj: ApiClient) -> int:
+        # Every company but the disconnected ones (no single list filter shows that, so no link).
+        return obj.connected_count
+
+    @admin.display(description=_("active"), ordering="active_count")
+    def active_count(self, obj: ApiClient) -> str:
+        return self._companies_link(obj, obj.active_count, Status.ACTIVE)
+
+    @admin.display(description=_("failing"), ordering="failing_count")
+    def failing_count(self, obj: ApiClient) -> str:
+        return self._companies_link(obj, obj.failing_count, Status.FAILING)
+
+    @admin.display(description=_("re-authorization required"),
+                   ordering="reauthorization_count")
+    def reauthorization_count(self, obj: ApiClient) -> str:
+        return self._companies_link(obj, obj.reauthorization_count,
+                                    Status.REAUTHORIZATION_REQUIRED)
+
+    # Read-only fields -----------------------------------------------------------------------
+
+    @admin.display(description=_("stored secret"))
+    def client_secret_fingerprint(self, obj: ApiClient) -> str:
+        return obj.client_secret_fingerprint or _("(none)")
+
+    @admin.display(description=_("Redirect URI to register"))
+    def redirect_uri_to_register(self, obj: ApiClient) -> str:
+        url = getattr(obj, "_admin_callback_url", "") or reverse("lightspeed_oauth:callback")
+        hint = ""
+        if obj.redirect_uri and obj.redirect_uri != url:
+            hint = _("The redirect URI above is different: Lightspeed sends merchants back only "
+                     "to the exact URI registered.")
+        return format_html(
+            '<input type="text" id="redirect-uri-to-register" class="vTextField" readonly '
+            'value="{}" onfocus="this.select()"><div class="help">{}</div>'
+            '<div class="help">{}</div>',
+            url, _("This site's callback URL: register it with Lightspeed for this client."),
+            hint,
+        )
+
+    @admin.display(description=_("provider notes"))
+    def provider_notes(self, obj: ApiClient) -> str:
+        cls = provider_classes().get(obj.provider)
+        return cls.notes if cls else _("Unknown provider.")
+
+    # Invitation links -------------------------------------------------------------------------
+
+    def get_urls(self) -> list:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<path:object_id>/invitation/",
+                 self.admin_site.admin_view(self.invitation_view),
+                 name="%s_%s_invitation" % info),
+        ] + super().get_urls()
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "can_connect": _can_connect(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def invitation_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Create a signed link a merchant can open, without a login, to connect."""
+        client = self.get_object(request, object_id)
+        if client is None:
+            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+        if not (self.has_view_or_change_permission(request, client) and _can_connect(request)):
+            raise PermissionDenied
+        invitation_url = expires_at = None
+        if request.method == "POST":
+            form = InvitationForm(request.POST)
+            if form.is_valid():
+                if not client.is_active:
+                    form.add_error(None, _("This API client is not active: activate it first, "
+                                           "or the link will not work."))
+                else:
+                    invitation_url = client.invitation_url(
+                        reference=form.cleaned_data["reference"], max_age=form.max_age)
+                    if "://" not in invitation_url:
+                        invitation_url = request.build_absolute_uri(invitation_url)
+                    expires_at = timezone.now() + timedelta(seconds=form.max_age)
+        else:
+            form = InvitationForm()
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Invitation link for %(client)s") % {"client": client},
+            "subtitle": None,
+            "opts": self.opts,
+            "original": client,
+            "form": form,
+            "invitation_url": invitation_url,
+            "expires_at": expires_at,
+            "has_view_permission": self.has_view_permission(request, client),
+            "has_change_permission": self.has_change_permission(request, client),
+        }
+        return TemplateResponse(request, "admin/lightspeed_oauth/apiclient/invitation.html",
+                                context)
+
+
+# Connected companies --------------------------------------------------------------------------
+
+
+class TokenEventFormSet(BaseInlineFormSet):
+    def get_queryset(self) -> QuerySet[TokenEvent]:
+        # A company refreshed hourly has thousands of events: show the newest only.
+        if not hasattr(self, "_queryset"):
+            self._queryset = super().get_queryset()[:RECENT_EVENTS]
+        return self._queryset
+
+
+class TokenEventInline(admin.TabularInline):
+    model = TokenEvent
+    formset = TokenEventFormSet
+    fields = ["created_at", "kind", "message", "actor", "details"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-pk"]
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+    verbose_name_plural = _("recent token events")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
+        return super().get_queryset(request).select_related("actor")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(ConnectedCompany)
+class ConnectedCompanyAdmin(admin.ModelAdmin):
+    list_display = ["name", "company_id", "client", "status_badge", "expires_in",
+                    "last_refreshed_at", "failure_count"]
+    list_display_links = ["name", "company_id"]
+    list_filter = ["client", "status"]
+    search_fields = ["name", "company_id", "reference"]
+    list_select_related = ["client"]
+    raw_id_fields = ["connected_by"]
+    actions = ["refresh_now", "disconnect"]
+    inlines = [TokenEventInline]
+    fieldsets = [
+        (None, {"fields": ["name", "reference", "client", "company_id", "status_badge",
+                           "connected_at", "connected_by"]}),
+        (_("Tokens"), {"fields": ["access_token_fingerprint", "refresh_token_fingerprint",
+                                  "token_type", "granted_scopes", "expires_at", "expires_in",
+                                  "refresh_expires_at", "last_refreshed_at"]}),
+        (_("Health"), {"fields": ["failure_count", "last_error", "next_attempt_at",
+                                  "token_events_link"]}),
+        (_("Details"), {"fields": ["details", "created_at", "updated_at"],
+                        "classes": ["collapse"]}),
+    ]
+    readonly_fields = [
+        "client", "company_id", "status_badge", "connected_at", "connected_by",
+        "access_token_fingerprint", "refresh_token_fingerprint", "token_type", "granted_scopes",
+        "expires_at", "expires_in", "refresh_expires_at", "last_refreshed_at", "failure_count",
+        "last_error", "next_attempt_at", "token_events_link", "details", "created_at",
+        "updated_at",
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Companies are created by the authorization flow only.
+        return False
+
+    # Columns ------------------------------------------------------------------------------
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_badge(self, obj: ConnectedCompany) -> str:
+        return format_html('<span class="ls-status ls-status-{}">{}</span>', obj.status,
+                           obj.get_status_display())
+
+    @admin.display(description=_("Expires in"), ordering="expires_at")
+    def expires_in(self, obj: ConnectedCompany) -> str:
+        text = humanize_expiry(obj.expires_at)
+        if text and obj.is_expired():
+            return format_html('<span class="ls-expired">{}</span>', text)
+        return text
+
+    @admin.display(description=_("access token"))
+    def access_token_fingerprint(self, obj: ConnectedCompany) -> str:
+        return obj.access_token_fingerprint
+
+    @admin.display(description=_("refresh token"))
+    def refresh_token_fingerprint(self, obj: ConnectedCompany) -> str:
+        return obj.refresh_token_fingerprint
+
+    @admin.display(description=_("history"))
+    def token_events_link(self, obj: ConnectedCompany) -> str:
+        if obj.pk is None:
+            return ""
+        url = reverse("admin:lightspeed_oauth_tokenevent_changelist")
+        return format_html('<a href="{}?{}">{}</a>', url,
+                           urlencode({"company__id__exact": obj.pk}),
+                           _("All token events of this company"))
+
+    # Actions --------------------------------------------------------------------------------
+
+    @admin.action(description=_("Refresh now"), permissions=["change"])
+    def refresh_now(self, request: HttpRequest, queryset: QuerySet[ConnectedCompany]) -> None:
+        for company in queryset.select_related("client"):
+            try:
+                result = tokens.refresh(company, force=True)
+            except LightspeedOAuthError as err:
+                self.message_user(request, _("%(company)s: not refreshed: %(reason)s") % {
+                    "company": company, "reason": err.message}, messages.ERROR)
+                continue
+            self._report_refresh(request, result)
+
+    def _report_refresh(self, request: HttpRequest, result: tokens.RefreshResult) -> None:
+        company = result.company
+        values = {"company": company, "expiry": humanize_expiry(company.expires_at) or "-",
+                  "reason": company.last_error or _("unknown error")}
+        if result.outcome == tokens.REFRESHED:
+            self.message_user(request, _("%(company)s: refreshed; the access token expires "
+                                         "%(expiry)s.") % values, messages.SUCCESS)
+        elif result.outcome == tokens.FRESH:
+            self.message_user(request, _("%(company)s: refreshed by another process meanwhile; "
+                                         "the access token expires %(expiry)s.") % values,
+                              messages.SUCCESS)
+        elif result.outcome == tokens.REAUTHORIZATION_REQUIRED:
+            self.message_user(request, _("%(company)s: needs re-authorization (%(reason)s). "
+                                         "The merchant must connect again.") % values,
+                              messages.ERROR)
+        else:
+            values["next"] = humanize_expiry(company.next_attempt_at) or "-"
+            self.message_user(request, _("%(company)s: refresh failed (%(reason)s); it will be "
+                                         "retried %(next)s.") % values, messages.WARNING)
+
+    @admin.action(description=_("Disconnect (erase tokens)"), permissions=["change"])
+    def disconnect(self, request: HttpRequest,
+                   queryset: QuerySet[ConnectedCompany]) -> HttpResponse | None:
+        companies = list(queryset.select_related("client"))
+        if request.POST.get("post") != "yes":
+            return TemplateResponse(
+                request, "admin/lightspeed_oauth/connectedcompany/disconnect_confirmation.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": _("Disconnect companies?"),
+                    "subtitle": None,
+                    "opts": self.opts,
+                    "companies": companies,
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
+                },
+            )
+        for company in companies:
+            if company.status == Status.DISCONNECTED:
+                self.message_user(request, _("%(company)s: was already disconnected.") % {
+                    "company": company}, messages.INFO)
+                continue
+            tokens.disconnect(company, user=request.user)
+            self.message_user(request, _("%(company)s: disconnected; its tokens are erased and "
+                                         "the merchant must connect again to restore access.")
+                              % {"company": company}, messages.SUCCESS)
+        return None
+
+
+# Audit trail ------------------------------------------------------------------------------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Viewable, never added, changed or deleted from the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuthorizationRequest)
+class AuthorizationRequestAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "client", "short_state", "created_by", "via_invitation",
+                    "reference", "outcome", "used_at", "expires_at", "company"]
+    list_filter = ["client", "outcome", "via_invitation"]
+    search_fields = ["reference", "client__name", "company__name", "company__company_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["client", "created_by", "company"]
+    # Never state or code_verifier: the state only cut short, the verifier not at all.
+    fields = ["client", "short_state", "created_by", "via_invitation", "reference", "next_url",
+              "created_at", "expires_at", "used_at", "outcome", "error", "company"]
+    readonly_fields = fields
+
+    @admin.display(description=_("state"))
+    def short_state(self, obj: AuthorizationRequest) -> str:
+        return f"{obj.state[:6]}…" if obj.state else ""
+
+
+@admin.register(TokenEvent)
+class TokenEventAdmin(ReadOnlyAdmin):
+    list_display = ["created_at", "company", "client", "kind", "short_message", "actor"]
+    list_filter = ["kind", "company__client"]
+    search_fields = ["company__name", "company__company_id", "message"]
+    date_hierarchy = "created_at"
+    list_select_related = ["company", "company__client", "actor"]
+    fields = ["created_at", "company", "kind", "message", "actor", "details"]
+    readonly_fields = fields
+
+    @admin.display(description=_("API client"), ordering="company__client__name")
+    def client(self, obj: TokenEvent) -> str:
+        return str(obj.company.client)
+
+    @admin.display(description=_("message"))
+    def short_message(self, obj: TokenEvent) -> str:
+        return Truncator(obj.message).chars(100)

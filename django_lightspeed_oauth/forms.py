@@ -1,0 +1,141 @@
+"""Admin forms: API clients with a write-only secret, and invitation links."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import django
+from django import forms
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+from .conf import app_settings
+from .exceptions import ProviderError
+from .models import ApiClient
+from .providers import Provider, provider_choices, provider_classes
+
+__all__ = ["ApiClientAdminForm", "InvitationForm"]
+
+PROVIDER_OPTIONS_PREFIX = "Invalid provider options: "
+
+
+def _formfield(db_field: models.Field, **kwargs: Any) -> forms.Field | None:
+    if isinstance(db_field, models.URLField) and django.VERSION >= (5, 0):
+        # Redirect URIs are https; say so before Django 6 makes it the default.
+        kwargs.setdefault("assume_scheme", "https")
+    return db_field.formfield(**kwargs)
+
+
+class ApiClientAdminForm(forms.ModelForm):
+    """An API client whose secret can be replaced but never read back."""
+
+    provider = forms.ChoiceField(label=_("Provider"), choices=provider_choices,
+                                 help_text=_("The Lightspeed OAuth flavour this client speaks."))
+    # Write-only: the stored secret is never put in the page, not even as a form value.
+    client_secret = forms.CharField(
+        label=_("Client secret"),
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=_("Write-only. Leave blank to keep the stored secret."),
+    )
+
+    class Meta:
+        model = ApiClient
+        formfield_callback = _formfield
+        # client_secret is a declared field: the model field is not editable, on purpose.
+        fields = [
+            "name", "slug", "provider", "environment", "client_id", "redirect_uri", "scopes",
+            "authorize_url", "token_url", "provider_options", "is_active",
+        ]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "client_secret" in self.fields:
+            adding = self.instance._state.adding
+            self.fields["client_secret"].required = adding
+            if adding:
+                self.fields["client_secret"].help_text = _(
+                    "Write-only: once saved it is shown only as a fingerprint."
+                )
+
+    def clean_client_secret(self) -> str:
+        secret: str = self.cleaned_data.get("client_secret", "")
+        if any(ord(c) < 32 for c in secret):
+            raise forms.ValidationError(_("The secret cannot contain control characters."))
+        return secret
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "provider_options" in cleaned:
+            errors = self.provider_options_errors(cleaned.get("provider"),
+                                                  cleaned["provider_options"])
+            if errors:
+                self.add_error("provider_options", errors)
+        return cleaned
+
+    @staticmethod
+    def provider_options_errors(provider_key: str | None, options: Any) -> list[str]:
+        """One message per bad option, through the provider's own ``validate_options``."""
+        provider_class = provider_classes().get(provider_key or "", Provider)
+        try:
+            provider_class.validate_options(options)
+        except ProviderError as err:
+            whole = err.message
+        else:
+            return []
+        if not isinstance(options, dict):
+            return [whole]
+        messages = []
+        for name, value in options.items():
+            try:
+                provider_class.validate_options({name: value})
+            except ProviderError as err:
+                message = err.message
+                if message.startswith(PROVIDER_OPTIONS_PREFIX):
+                    message = message[len(PROVIDER_OPTIONS_PREFIX):]
+                if not message.startswith(f"{name}:"):  # keep option names as written
+                    message = message[:1].upper() + message[1:]
+                messages.append(message)
+        # A provider may also check options together; then only the whole message says why.
+        return messages or [whole]
+
+    def save(self, commit: bool = True) -> ApiClient:
+        client: ApiClient = super().save(commit=False)
+        secret = self.cleaned_data.get("client_secret")
+        if secret:
+            client.client_secret = secret
+        if commit:
+            client.save()
+            self._save_m2m()
+        return client
+
+
+class InvitationForm(forms.Form):
+    """What an invitation link carries: an optional reference and how long it stays valid."""
+
+    reference = forms.CharField(
+        label=_("Reference"), max_length=255, required=False,
+        help_text=_("Your own label for the company that will connect (kept on the company)."),
+    )
+    max_age_hours = forms.IntegerField(
+        label=_("Valid for (hours)"), min_value=1, max_value=24 * 366,
+        help_text=_("The link stops working after this many hours."),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        default_seconds = int(app_settings.INVITATION_MAX_AGE)
+        self.fields["max_age_hours"].initial = max(1, round(default_seconds / 3600))
+
+    def clean_reference(self) -> str:
+        reference: str = self.cleaned_data["reference"]
+        if any(ord(c) < 32 for c in reference):
+            raise forms.ValidationError(_("The reference must be printable characters only."))
+        return reference
+
+    @property
+    def max_age(self) -> int:
+        """The lifetime in seconds."""
+        return int(self.cleaned_data["max_age_hours"]) * 3600
+
