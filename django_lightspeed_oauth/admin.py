@@ -282,6 +282,19 @@ class ApiClientAdmin(admin.ModelAdmin):
 # Connected companies --------------------------------------------------------------------------
 
 
+class ReadOnlyMixin:
+    """Viewable, never added, changed or deleted from the admin."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class TokenEventFormSet(BaseInlineFormSet):
     def get_queryset(self) -> QuerySet[TokenEvent]:
         # A company refreshed hourly has thousands of events: show the newest only.
@@ -290,7 +303,7 @@ class TokenEventFormSet(BaseInlineFormSet):
         return self._queryset
 
 
-class TokenEventInline(admin.TabularInline):
+class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
     model = TokenEvent
     formset = TokenEventFormSet
     fields = ["created_at", "kind", "message", "actor", "details"]
@@ -304,15 +317,6 @@ class TokenEventInline(admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
         return super().get_queryset(request).select_related("actor")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(ConnectedCompany)
@@ -444,17 +448,8 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 # Audit trail ------------------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Viewable, never added, changed or deleted from the admin."""
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    pass
 
 
 @admin.register(AuthorizationRequest)

@@ -6,16 +6,19 @@ from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
-from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
 from django_lightspeed_oauth import crypto
 from django_lightspeed_oauth.exceptions import ConfigurationError, DecryptionError
-from django_lightspeed_oauth.models import ApiClient, AuthorizationRequest, ConnectedCompany
+from django_lightspeed_oauth.models import (
+    ApiClient,
+    AuthorizationRequest,
+    ConnectedCompany,
+)
 from django_lightspeed_oauth.providers import TokenSet, get_provider
 from django_lightspeed_oauth.testing import make_client, make_company
-from tests.settings import LIGHTSPEED_OAUTH
+from tests.raw_db import encryption_keys, raw_column
 
 SECRET = "client-secret-plain-4d1c"
 ACCESS = "access-token-plain-9b2e"
@@ -23,19 +26,8 @@ REFRESH = "refresh-token-plain-7a3f"
 VERIFIER = "pkce-verifier-plain-" + "v" * 40
 
 
-def keys(*values: bytes | str):
-    return override_settings(LIGHTSPEED_OAUTH={
-        **LIGHTSPEED_OAUTH, "ENCRYPTION_KEYS": [v.decode() if isinstance(v, bytes) else v
-                                                for v in values]})
 
 
-def raw(model, pk, column: str) -> str:
-    """The column's value as the database holds it, bypassing the field."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {connection.ops.quote_name(column)} "
-            f"FROM {connection.ops.quote_name(model._meta.db_table)} WHERE id = %s", [pk])
-        return cursor.fetchone()[0]
 
 
 def make_request(client, verifier=VERIFIER) -> AuthorizationRequest:
@@ -54,17 +46,17 @@ def test_no_secret_is_stored_in_plain_text():
     auth_request = make_request(client)
 
     stored = {
-        SECRET: raw(ApiClient, client.pk, "client_secret"),
-        ACCESS: raw(ConnectedCompany, company.pk, "access_token"),
-        REFRESH: raw(ConnectedCompany, company.pk, "refresh_token"),
-        VERIFIER: raw(AuthorizationRequest, auth_request.pk, "code_verifier"),
+        SECRET: raw_column(ApiClient, client.pk, "client_secret"),
+        ACCESS: raw_column(ConnectedCompany, company.pk, "access_token"),
+        REFRESH: raw_column(ConnectedCompany, company.pk, "refresh_token"),
+        VERIFIER: raw_column(AuthorizationRequest, auth_request.pk, "code_verifier"),
     }
     for plaintext, column in stored.items():
         assert column and plaintext not in column
         assert crypto.decrypt(column) == plaintext
     # Each value is encrypted with its own random IV: equal secrets do not look equal.
     other = make_client(client_secret=SECRET)
-    assert raw(ApiClient, other.pk, "client_secret") != stored[SECRET]
+    assert raw_column(ApiClient, other.pk, "client_secret") != stored[SECRET]
 
 
 @pytest.mark.django_db
@@ -79,7 +71,7 @@ def test_secrets_read_back_as_plain_text_in_python():
 @pytest.mark.django_db
 def test_an_empty_secret_stays_empty():
     company = make_company(access_token="", refresh_token="")
-    assert raw(ConnectedCompany, company.pk, "refresh_token") == ""
+    assert raw_column(ConnectedCompany, company.pk, "refresh_token") == ""
     assert ConnectedCompany.objects.get(pk=company.pk).refresh_token == ""
 
 
@@ -89,17 +81,17 @@ def test_an_empty_secret_stays_empty():
 @pytest.mark.django_db
 def test_adding_a_new_first_key_keeps_old_data_readable_and_encrypts_new_data_with_it():
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
-    with keys(key_a):
+    with encryption_keys(key_a):
         company = make_company(access_token=ACCESS, refresh_token=REFRESH)
-        assert Fernet(key_a).decrypt(raw(ConnectedCompany, company.pk, "access_token").encode()
+        assert Fernet(key_a).decrypt(raw_column(ConnectedCompany, company.pk, "access_token").encode()
                                      ).decode() == ACCESS
 
-    with keys(key_b, key_a):
+    with encryption_keys(key_b, key_a):
         company = ConnectedCompany.objects.get(pk=company.pk)
         assert company.access_token == ACCESS and company.refresh_token == REFRESH
         company.access_token = "access-token-new"
         company.save()
-        written = raw(ConnectedCompany, company.pk, "access_token").encode()
+        written = raw_column(ConnectedCompany, company.pk, "access_token").encode()
         assert Fernet(key_b).decrypt(written).decode() == "access-token-new"
         with pytest.raises(InvalidToken):
             Fernet(key_a).decrypt(written)
@@ -108,10 +100,10 @@ def test_adding_a_new_first_key_keeps_old_data_readable_and_encrypts_new_data_wi
 @pytest.mark.django_db
 def test_removing_a_key_before_rotating_fails_clearly_without_showing_the_secret():
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
-    with keys(key_a):
+    with encryption_keys(key_a):
         company = make_company(access_token=ACCESS, refresh_token=REFRESH)
 
-    with keys(key_b), pytest.raises(DecryptionError) as caught:
+    with encryption_keys(key_b), pytest.raises(DecryptionError) as caught:
         ConnectedCompany.objects.get(pk=company.pk)
 
     message = str(caught.value)
@@ -138,7 +130,7 @@ def test_without_keys_a_key_derived_from_secret_key_is_used():
 
 
 def test_an_invalid_key_names_the_setting_and_its_position():
-    with keys(Fernet.generate_key(), "not-a-fernet-key"):
+    with encryption_keys(Fernet.generate_key(), "not-a-fernet-key"):
         with pytest.raises(ConfigurationError) as caught:
             crypto.encrypt("x")
     assert 'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"][1] is not a valid Fernet key' in str(caught.value)
@@ -147,12 +139,12 @@ def test_an_invalid_key_names_the_setting_and_its_position():
 
 def test_rotate_re_encrypts_with_the_first_key():
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
-    with keys(key_a):
+    with encryption_keys(key_a):
         old = crypto.encrypt(SECRET)
-    with keys(key_b, key_a):
+    with encryption_keys(key_b, key_a):
         new = crypto.rotate(old)
     assert Fernet(key_b).decrypt(new.encode()).decode() == SECRET
-    with keys(key_b), pytest.raises(DecryptionError) as caught:
+    with encryption_keys(key_b), pytest.raises(DecryptionError) as caught:
         crypto.rotate(old)
     assert SECRET not in str(caught.value)
 
@@ -196,9 +188,9 @@ def test_a_fingerprint_is_short_stable_and_one_way():
 @pytest.mark.django_db
 def test_a_fingerprint_does_not_change_when_the_key_does():
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
-    with keys(key_a):
+    with encryption_keys(key_a):
         company = make_company(access_token=ACCESS)
         before = company.access_token_fingerprint
-    with keys(key_b, key_a):
+    with encryption_keys(key_b, key_a):
         company = ConnectedCompany.objects.get(pk=company.pk)
         assert company.access_token_fingerprint == before == crypto.fingerprint(ACCESS)

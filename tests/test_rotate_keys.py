@@ -8,45 +8,43 @@ from io import StringIO
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
 from django_lightspeed_oauth import crypto
 from django_lightspeed_oauth.exceptions import DecryptionError
-from django_lightspeed_oauth.management.commands import rotate_lightspeed_keys as command
-from django_lightspeed_oauth.management.commands.rotate_lightspeed_keys import rotate_keys
-from django_lightspeed_oauth.models import ApiClient, AuthorizationRequest, ConnectedCompany
+from django_lightspeed_oauth.management.commands import (
+    rotate_lightspeed_keys as command,
+)
+from django_lightspeed_oauth.management.commands.rotate_lightspeed_keys import (
+    rotate_keys,
+)
+from django_lightspeed_oauth.models import (
+    ApiClient,
+    AuthorizationRequest,
+    ConnectedCompany,
+)
 from django_lightspeed_oauth.testing import make_client, make_company
-from tests.settings import LIGHTSPEED_OAUTH
+from tests.raw_db import encryption_keys, raw_column
 
 pytestmark = pytest.mark.django_db
 
 OLD, NEW = Fernet.generate_key(), Fernet.generate_key()
 
 
-def keys(*values: bytes):
-    return override_settings(LIGHTSPEED_OAUTH={**LIGHTSPEED_OAUTH,
-                                               "ENCRYPTION_KEYS": [v.decode() for v in values]})
 
 
-def raw(model, pk, column: str) -> str:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT {connection.ops.quote_name(column)} "
-            f"FROM {connection.ops.quote_name(model._meta.db_table)} WHERE id = %s", [pk])
-        return cursor.fetchone()[0]
 
 
 def decrypt_with(key: bytes, model, pk, column: str) -> str:
-    return Fernet(key).decrypt(raw(model, pk, column).encode()).decode()
+    return Fernet(key).decrypt(raw_column(model, pk, column).encode()).decode()
 
 
 @pytest.fixture
 def old_data():
     """One of each secret, written while OLD was the only key."""
-    with keys(OLD):
+    with encryption_keys(OLD):
         client = make_client(client_secret="secret-1")
         company = make_company(client, access_token="access-1", refresh_token="refresh-1")
         disconnected = make_company(client, access_token="", refresh_token="")
@@ -58,7 +56,7 @@ def old_data():
 
 def test_after_rotation_every_secret_decrypts_with_the_new_key_alone(old_data):
     client, company, disconnected, auth_request = old_data
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         counts = rotate_keys()
     assert counts == {"ApiClient": 1, "ConnectedCompany": 1, "AuthorizationRequest": 1}
 
@@ -66,8 +64,8 @@ def test_after_rotation_every_secret_decrypts_with_the_new_key_alone(old_data):
     assert decrypt_with(NEW, ConnectedCompany, company.pk, "access_token") == "access-1"
     assert decrypt_with(NEW, ConnectedCompany, company.pk, "refresh_token") == "refresh-1"
     assert decrypt_with(NEW, AuthorizationRequest, auth_request.pk, "code_verifier") == "verifier-1"
-    assert raw(ConnectedCompany, disconnected.pk, "access_token") == ""
-    with keys(NEW):  # the old key can go
+    assert raw_column(ConnectedCompany, disconnected.pk, "access_token") == ""
+    with encryption_keys(NEW):  # the old key can go
         company = ConnectedCompany.objects.select_related("client").get(pk=company.pk)
         assert (company.access_token, company.refresh_token, company.client.client_secret) == (
             "access-1", "refresh-1", "secret-1")
@@ -76,7 +74,7 @@ def test_after_rotation_every_secret_decrypts_with_the_new_key_alone(old_data):
 
 def test_rotation_does_not_count_as_a_token_change(old_data):
     _, company, _, _ = old_data
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         rotate_keys()
         company_after = ConnectedCompany.objects.get(pk=company.pk)
     assert company_after.token_version == company.token_version
@@ -85,20 +83,20 @@ def test_rotation_does_not_count_as_a_token_change(old_data):
 
 def test_running_it_again_rewrites_nothing(old_data):
     client, _, _, _ = old_data
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         rotate_keys()
-        before = raw(ApiClient, client.pk, "client_secret")
+        before = raw_column(ApiClient, client.pk, "client_secret")
         assert rotate_keys() == {"ApiClient": 0, "ConnectedCompany": 0, "AuthorizationRequest": 0}
-    assert raw(ApiClient, client.pk, "client_secret") == before
+    assert raw_column(ApiClient, client.pk, "client_secret") == before
 
 
 def test_dry_run_counts_and_writes_nothing(old_data):
     client, company, _, _ = old_data
-    before = raw(ConnectedCompany, company.pk, "refresh_token")
-    with keys(NEW, OLD):
+    before = raw_column(ConnectedCompany, company.pk, "refresh_token")
+    with encryption_keys(NEW, OLD):
         assert rotate_keys(dry_run=True) == {"ApiClient": 1, "ConnectedCompany": 1,
                                              "AuthorizationRequest": 1}
-    assert raw(ConnectedCompany, company.pk, "refresh_token") == before
+    assert raw_column(ConnectedCompany, company.pk, "refresh_token") == before
     assert decrypt_with(OLD, ApiClient, client.pk, "client_secret") == "secret-1"
 
 
@@ -116,14 +114,14 @@ def test_a_refresh_during_rotation_is_not_overwritten(old_data, monkeypatch):
                 token_version=F("token_version") + 1)
         return real_decrypt(value)
 
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         # ApiClient first: let the refresh land on the company's read instead.
         monkeypatch.setattr(command, "ENCRYPTED_FIELDS", {
             ConnectedCompany: command.ENCRYPTED_FIELDS[ConnectedCompany]})
         monkeypatch.setattr(crypto, "decrypt", decrypt_while_a_refresh_lands)
         rotate_keys()
 
-    with keys(NEW):
+    with encryption_keys(NEW):
         company = ConnectedCompany.objects.get(pk=company.pk)
     assert (company.access_token, company.refresh_token) == ("access-2", "refresh-2")
     assert company.token_version == 1
@@ -139,7 +137,7 @@ def test_an_api_client_secret_changed_during_rotation_is_not_overwritten(old_dat
             ApiClient.objects.filter(pk=client.pk).update(client_secret="secret-2")
         return plain
 
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         monkeypatch.setattr(crypto, "decrypt", decrypt_while_staff_change_the_secret)
         rotate_keys()
     assert decrypt_with(NEW, ApiClient, client.pk, "client_secret") == "secret-2"
@@ -148,10 +146,10 @@ def test_an_api_client_secret_changed_during_rotation_is_not_overwritten(old_dat
 def test_rows_no_key_can_decrypt_are_reported_without_their_secret(old_data):
     client, company, _, _ = old_data
     lost_key = Fernet.generate_key()
-    with keys(lost_key):
+    with encryption_keys(lost_key):
         lost = make_company(client, access_token="lost-access", refresh_token="lost-refresh")
 
-    with keys(NEW, OLD), pytest.raises(DecryptionError) as caught:
+    with encryption_keys(NEW, OLD), pytest.raises(DecryptionError) as caught:
         rotate_keys()
 
     message = caught.value.message
@@ -167,10 +165,10 @@ def test_rows_no_key_can_decrypt_are_reported_without_their_secret(old_data):
 
 def test_rotation_streams_more_rows_than_one_chunk(monkeypatch):
     monkeypatch.setattr(command, "CHUNK_SIZE", 3)
-    with keys(OLD):
+    with encryption_keys(OLD):
         client = make_client()
         companies = [make_company(client) for _ in range(8)]
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         assert rotate_keys()["ConnectedCompany"] == 8
     for company in companies:
         assert decrypt_with(NEW, ConnectedCompany, company.pk, "access_token") == (
@@ -182,7 +180,7 @@ def test_rotation_streams_more_rows_than_one_chunk(monkeypatch):
 
 def test_the_command_prints_one_line_per_model(old_data):
     out = StringIO()
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         call_command("rotate_lightspeed_keys", stdout=out)
     lines = out.getvalue().splitlines()
     assert lines[0].split() == ["ApiClient", "1", "re-encrypted"]
@@ -193,7 +191,7 @@ def test_the_command_prints_one_line_per_model(old_data):
 
 def test_the_command_dry_run_says_nothing_was_written(old_data):
     out = StringIO()
-    with keys(NEW, OLD):
+    with encryption_keys(NEW, OLD):
         call_command("rotate_lightspeed_keys", "--dry-run", stdout=out)
     assert "ApiClient" in out.getvalue() and "1 to re-encrypt" in out.getvalue()
     assert "nothing written" in out.getvalue()
@@ -202,7 +200,7 @@ def test_the_command_dry_run_says_nothing_was_written(old_data):
 
 def test_the_command_fails_clearly_when_a_key_is_missing(old_data):
     out = StringIO()
-    with keys(NEW), pytest.raises(CommandError) as caught:
+    with encryption_keys(NEW), pytest.raises(CommandError) as caught:
         call_command("rotate_lightspeed_keys", stdout=out)
     message = str(caught.value)
     assert "cannot be decrypted" in message and "ENCRYPTION_KEYS" in message
