@@ -11,7 +11,7 @@ from django.core import signing
 from django.test import Client, override_settings
 from django.utils import timezone
 
-from django_lightspeed_oauth.models import INVITATION_SALT, AuthorizationRequest, ConnectedCompany
+from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany
 from tests.settings import LIGHTSPEED_OAUTH
 
 pytestmark = pytest.mark.django_db

@@ -78,7 +78,8 @@ def test_exit_code_2_when_a_company_needs_reauthorization():
 
 def test_filters_by_client_and_company_and_force():
     a, b = make_client(), make_client()
-    ca, cb = make_company(a, expires_in=7200), make_company(b, expires_in=60)
+    make_company(a, expires_in=7200)
+    cb = make_company(b, expires_in=60)
     with FakeTokenEndpoint(a) as fake_a, FakeTokenEndpoint(b, mock=fake_a._mock) as fake_b:
         run("--client", a.slug)  # nothing of a is due
         assert fake_a.refresh_count == 0
