@@ -1,0 +1,107 @@
+# Development tasks for django-lightspeed-oauth (GNU make).
+#
+#   make test               the test suite (SQLite in memory; set DATABASE_URL for PostgreSQL or MySQL)
+#   make demo               the demo site at http://127.0.0.1:8000/ with the sandbox servers (admin / admin)
+#   make browser-test       drive headless Chromium through the admin and the authorization flow
+#   make screenshots        the browser tests, saving the README's admin screenshots to docs/screenshots/
+#   make migrations-check   fail when a model change has no migration
+#   make benchmark          run benchmarks/refresh.py
+#   make clean              remove the virtualenv, caches, artifacts and the demo database
+#
+# Each target creates the virtualenv $(VENV) when needed; an extra is installed again only when
+# setup.cfg or pyproject.toml change (stamp files in the virtualenv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+# Keep the stamp files that pattern rules make.
+.SECONDARY:
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip --disable-pip-version-check
+PYTEST_ARGS ?=
+
+DEMO_HOST ?= 127.0.0.1
+DEMO_PORT ?= 8000
+DEMO_URL := http://$(DEMO_HOST):$(DEMO_PORT)
+DEMO_DATABASE_URL ?= sqlite:///$(CURDIR)/testproject/db.sqlite3
+MANAGE := $(PY) testproject/manage.py
+
+CHROMIUM ?= /usr/bin/chromium
+
+# The database driver DATABASE_URL needs, as an extra of setup.cfg (none for SQLite).
+DB_SCHEME := $(firstword $(subst :, ,$(DATABASE_URL)))
+ifneq (,$(filter postgres postgresql pgsql postgis,$(DB_SCHEME)))
+DB_EXTRA := postgres
+else ifneq (,$(filter mysql mysql2 mysqlgis,$(DB_SCHEME)))
+DB_EXTRA := mysql
+else
+DB_EXTRA :=
+endif
+DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
+
+.PHONY: help test demo browser-test screenshots chromium migrations-check benchmark clean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# One stamp per extra of setup.cfg: $(VENV)/.installed-test, -demo, -browser, -postgres, -mysql...
+$(VENV)/.installed-%: setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e ".[$*]"
+	@touch $@
+
+test: $(VENV)/.installed-test $(DB_STAMP)
+	@echo "Database: $(if $(DATABASE_URL),$(DB_SCHEME) (from DATABASE_URL),SQLite in memory)"
+	$(BIN)/pytest -m "not browser" $(PYTEST_ARGS)
+
+migrations-check: $(VENV)/.installed-test
+	$(BIN)/django-admin makemigrations --check --dry-run --settings tests.settings --pythonpath .
+
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing Chromium with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "$(CHROMIUM) is missing: install Chromium (Debian: apt-get install chromium) or set CHROMIUM=/path." >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@"$(CHROMIUM)" --version 2>/dev/null
+
+# pytest exits 5 when it collected nothing: a browser run that ran no test is a failure.
+browser-test: $(VENV)/.installed-test $(VENV)/.installed-browser chromium
+	@rc=0; CHROMIUM="$(CHROMIUM)" LIGHTSPEED_BROWSER_REQUIRED=1 $(BIN)/pytest -m browser $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "browser-test: no browser test was collected" >&2; exit 1; fi; \
+	exit $$rc
+
+screenshots: export UPDATE_SCREENSHOTS = 1
+screenshots: browser-test
+
+demo: export DATABASE_URL = $(DEMO_DATABASE_URL)
+demo: export LIGHTSPEED_OAUTH_SANDBOX_URL ?= $(DEMO_URL)/lightspeed-sandbox/
+demo: $(VENV)/.installed-demo
+	$(MANAGE) migrate --noinput -v 0
+	$(MANAGE) lightspeed_demo --base-url $(DEMO_URL)
+	@$(MANAGE) refresh_lightspeed_tokens --every 30 -v 1 & refresher=$$!; \
+	trap 'kill $$refresher 2>/dev/null || true; wait $$refresher 2>/dev/null || true' EXIT; \
+	trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
+	echo; \
+	echo "Demo: $(DEMO_URL)/  (admin: $(DEMO_URL)/admin/, login admin / admin; sandbox: $(DEMO_URL)/lightspeed-sandbox/)"; \
+	echo "Tokens are refreshed every 30 seconds beside the server. Ctrl-C stops both."; \
+	echo; \
+	$(MANAGE) runserver $(DEMO_HOST):$(DEMO_PORT)
+
+benchmark: $(VENV)/.installed-test $(VENV)/.installed-benchmark
+	$(PY) benchmarks/refresh.py $(BENCHMARK_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/static
+	find . -name __pycache__ -type d -not -path "./.git/*" -not -path "./.venv*" -prune -exec rm -rf {} +

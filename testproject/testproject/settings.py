@@ -1,0 +1,157 @@
+"""Settings of the demo site, read from the environment (django-environ); SQLite by default.
+
+Every ``LIGHTSPEED_OAUTH`` key can be set with an environment variable of the same name prefixed
+``LIGHTSPEED_OAUTH_``, e.g. ``LIGHTSPEED_OAUTH_ENCRYPTION_KEYS=key1,key2`` (a comma list) or
+``LIGHTSPEED_OAUTH_SANDBOX_TOKEN_LIFETIME=120``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import environ
+
+from django_lightspeed_oauth.conf import DEFAULTS
+
+BASE_DIR = Path(__file__).resolve().parent.parent  # the testproject/ directory
+
+env = environ.Env()
+if env.bool("READ_DOT_ENV", default=False):
+    environ.Env.read_env(BASE_DIR / ".env")
+
+# The demo is meant to run on a laptop: DEBUG unless told otherwise.
+DEBUG = env.bool("DEBUG", default=True)
+
+# A throwaway key is fine for a local demo, never for a deployed site.
+if DEBUG:
+    SECRET_KEY = env.str("SECRET_KEY", default="testproject-insecure-dev-only-secret-key")
+else:
+    SECRET_KEY = env.str("SECRET_KEY")
+
+# Django's default (empty) unless set; with DEBUG, Django then allows localhost and 127.0.0.1.
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_lightspeed_oauth",
+    "django_lightspeed_oauth.sandbox",
+    "testproject",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "testproject.urls"
+WSGI_APPLICATION = "testproject.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.mysql":
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("charset", "utf8mb4")
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+LANGUAGE_CODE = "en-us"
+USE_I18N = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "static")
+
+LOGIN_URL = "/admin/login/"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "django_lightspeed_oauth": {
+            "handlers": ["console"],
+            "level": env.str("LIGHTSPEED_LOG_LEVEL", default="INFO"),
+        },
+    },
+}
+
+
+# LIGHTSPEED_OAUTH ---------------------------------------------------------------------------------
+
+#: Values the demo uses where the app's default would be less convenient on a laptop.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "SANDBOX_URL": "http://127.0.0.1:8000/lightspeed-sandbox/",
+    # Short-lived sandbox tokens, so the demo shows refreshes happening within minutes; the
+    # refresh margins shrink to match, or every token would always count as expiring.
+    "SANDBOX_TOKEN_LIFETIME": 120,
+    "REFRESH_WITHIN": 60,
+    "REFRESH_MARGIN": 30,
+}
+ENV_PREFIX = "LIGHTSPEED_OAUTH_"
+
+
+def _lightspeed_value(key: str, default: Any) -> Any:
+    """Read ``LIGHTSPEED_OAUTH_<key>``, cast like the app's default for that key."""
+    name = ENV_PREFIX + key
+    if isinstance(default, bool):
+        return env.bool(name)
+    if isinstance(default, int):
+        return env.int(name)
+    if isinstance(default, float):
+        return env.float(name)
+    if isinstance(default, list):
+        return env.list(name)
+    if isinstance(default, tuple):  # e.g. HTTP_TIMEOUT=5,20
+        return tuple(float(part) for part in env.list(name))
+    return env.str(name)  # strings, and keys whose default is None (SITE_URL, SUCCESS_URL...)
+
+
+def lightspeed_oauth_settings() -> dict[str, Any]:
+    """The ``LIGHTSPEED_OAUTH`` dict: the demo's defaults, then every ``LIGHTSPEED_OAUTH_*`` variable.
+
+    Only keys the app knows are passed on; a misspelt variable is reported here instead of being
+    silently ignored.
+    """
+    values = dict(DEMO_DEFAULTS)
+    for key, default in DEFAULTS.items():
+        if ENV_PREFIX + key in env.ENVIRON:
+            values[key] = _lightspeed_value(key, default)
+    unknown = sorted(
+        name for name in env.ENVIRON if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] not in DEFAULTS
+    )
+    if unknown:
+        warnings.warn(
+            f"Ignoring unknown environment variables {', '.join(unknown)}; known LIGHTSPEED_OAUTH "
+            f"keys: {', '.join(sorted(DEFAULTS))}.",
+            stacklevel=2,
+        )
+    return values
+
+
+LIGHTSPEED_OAUTH = lightspeed_oauth_settings()

@@ -1,0 +1,337 @@
+"""Headless Chromium through the demo site: admin, sandbox consent page, invitations, refresh.
+
+Runs the real testproject (``runserver``) in a subprocess on a free port with its own SQLite file,
+set up by ``lightspeed_demo``, and drives it with Playwright. ``make browser-test`` runs these; they
+need the ``browser`` extra and Chromium (``CHROMIUM``, default /usr/bin/chromium). Playwright's own
+browser download is never used.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+MANAGE = ROOT / "testproject" / "manage.py"
+ARTIFACTS = ROOT / ".ci-artifacts"
+# The README's screenshots are rewritten only on request (``make screenshots``), so that a test run
+# leaves the working tree alone; otherwise they go with the other artifacts.
+SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else ARTIFACTS / "screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TOKEN_LIFETIME = 120
+TIMEOUT_MS = 20_000
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, unless the run must exercise the browser (``make browser-test`` sets the variable)."""
+    if os.environ.get("LIGHTSPEED_BROWSER_REQUIRED"):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The live demo site ------------------------------------------------------------------------------
+
+
+class LiveSite:
+    def __init__(self, base_url: str, env: dict[str, str]) -> None:
+        self.base_url = base_url
+        self.env = env
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, str(MANAGE), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[LiveSite]:
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    workdir = tmp_path_factory.mktemp("live-site")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
+        "DEBUG": "1",
+        "LIGHTSPEED_OAUTH_SANDBOX_URL": f"{base_url}/lightspeed-sandbox/",
+        "LIGHTSPEED_OAUTH_SANDBOX_TOKEN_LIFETIME": str(TOKEN_LIFETIME),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("LIGHTSPEED_OAUTH_SITE_URL", None)
+    live = LiveSite(base_url, env)
+    live.manage("migrate", "--noinput", "-v", "0")
+    live.manage("lightspeed_demo", "--base-url", base_url)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_path = ARTIFACTS / "browser-test-server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, str(MANAGE), "runserver", f"127.0.0.1:{port}", "--noreload"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_until_serving(server, base_url, log_path)
+            yield live
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def _wait_until_serving(server: subprocess.Popen, base_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if server.poll() is not None:
+            pytest.fail(f"runserver exited with {server.returncode}; see {log_path}", pytrace=False)
+        try:
+            with urllib.request.urlopen(base_url + "/", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"runserver did not answer within 30 s; see {log_path}", pytrace=False)
+        time.sleep(0.2)
+
+
+# The browser ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("Playwright is not installed (pip install -e '.[browser]').")
+    if not (shutil.which(CHROMIUM) or os.access(CHROMIUM, os.X_OK)):
+        _unavailable(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set CHROMIUM).")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def new_page(browser, site, request):
+    """Open pages in fresh contexts (no cookies shared); screenshot every open page on failure."""
+    contexts = []
+    failed_before = request.session.testsfailed
+
+    def open_page():
+        context = browser.new_context(base_url=site.base_url, viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(TIMEOUT_MS)
+        contexts.append(context)
+        return context.new_page()
+
+    yield open_page
+    # The call phase has been reported by now: a new failure means this test failed.
+    if request.session.testsfailed > failed_before:
+        ARTIFACTS.mkdir(exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        for n, context in enumerate(contexts):
+            for m, page in enumerate(context.pages):
+                try:
+                    page.screenshot(path=str(ARTIFACTS / f"{name}-{n}-{m}.png"), full_page=True)
+                    (ARTIFACTS / f"{name}-{n}-{m}.html").write_text(page.content())
+                except Exception as err:  # noqa: BLE001  (a closed page must not hide the real failure)
+                    print(f"Could not save a screenshot of {page.url}: {err}")
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def staff_page(new_page):
+    """A page logged in to the admin as the demo superuser."""
+    page = new_page()
+    page.goto("/admin/login/?next=/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "admin")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#site-name")
+    assert "/admin/login/" not in page.url
+    return page
+
+
+# Steps -------------------------------------------------------------------------------------------
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def open_api_client(page, slug: str) -> None:
+    """Open the admin change page of the demo API client ``slug`` from the API clients list."""
+    from django_lightspeed_oauth.management.commands.lightspeed_demo import DEMO_CLIENTS
+    from django_lightspeed_oauth.providers import get_provider
+
+    provider = next(demo.provider for demo in DEMO_CLIENTS if demo.slug == slug)
+    page.goto("/admin/lightspeed_oauth/apiclient/")
+    page.get_by_role("link", name=f"Sandbox {get_provider(provider).name}", exact=True).click()
+    expect(page.locator("#connect-company")).to_be_visible()
+    expect(page.locator("input[name=slug]")).to_have_value(slug)
+
+
+def consent(page, company: str, decision: str = "allow") -> None:
+    """On the sandbox consent page: pick ``company`` and Allow or Deny."""
+    page.wait_for_selector('input[name="company"]')
+    assert "/lightspeed-sandbox/" in page.url
+    page.locator("label", has_text=company).locator('input[name="company"]').check()
+    page.click(f'button[name="decision"][value="{decision}"]')
+
+
+def connect_from_admin(page, slug: str, company: str, shown_as: str = "") -> None:
+    """Connect ``company`` (as the consent page names it; ``shown_as`` on the site, if different)."""
+    open_api_client(page, slug)
+    page.click("a#connect-company")
+    consent(page, company)
+    expect(page.locator("h1")).to_have_text("Connected")
+    expect(page.locator("body")).to_contain_text(shown_as or company)
+
+
+def company_row(page, client_name_part: str, company: str):
+    page.goto("/admin/lightspeed_oauth/connectedcompany/")
+    row = page.locator("#result_list tbody tr", has_text=company).filter(has_text=client_name_part)
+    expect(row).to_have_count(1)
+    return row
+
+
+def expires_in_text(row) -> str:
+    return row.locator("td.field-expires_in").inner_text().strip()
+
+
+# Tests -----------------------------------------------------------------------------------------
+
+
+def test_staff_connects_a_company_from_the_admin(site, staff_page):
+    page = staff_page
+    page.set_viewport_size({"width": 1440, "height": 900})  # wide enough for every column
+    open_api_client(page, "sandbox-k-series")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "admin-api-client.png"), full_page=True)
+
+    page.click("a#connect-company")
+    consent(page, "Harbour Bistro")
+    expect(page.locator("h1")).to_have_text("Connected")
+    expect(page.locator("body")).to_contain_text("Harbour Bistro")
+
+    row = company_row(page, "K-Series (V1)", "Harbour Bistro")
+    badge = row.locator("span.ls-status.ls-status-active")
+    expect(badge).to_have_text("Active")
+    assert expires_in_text(row).startswith("in ")
+
+
+def test_merchant_connects_with_an_invitation_link(site, staff_page, new_page):
+    page = staff_page
+    open_api_client(page, "sandbox-vendors")
+    page.click("#create-invitation")
+    page.fill("input[name=reference]", "crm-4711")
+    page.click("#create-invitation-submit")
+    link = page.locator("input#invitation-url").input_value()
+    assert link.startswith(site.url("/lightspeed/invite/"))
+
+    merchant = new_page()  # a fresh context: no login on the site
+    merchant.goto(link)
+    merchant.click("text=Continue to Lightspeed")
+    consent(merchant, "Corner Café")
+    expect(merchant.locator("h1")).to_have_text("Connected")
+    expect(merchant.locator("body")).to_contain_text("Corner Café")
+
+    row = company_row(page, "Vendors", "Corner Café")
+    expect(row.locator("span.ls-status-active")).to_have_text("Active")
+    page.goto("/admin/lightspeed_oauth/connectedcompany/?q=crm-4711")
+    expect(page.locator("#result_list tbody tr")).to_have_count(1)
+
+
+def test_denied_consent_shows_the_cancelled_page(site, staff_page):
+    page = staff_page
+    open_api_client(page, "sandbox-o-series")
+    page.click("a#connect-company")
+    consent(page, "Northside Deli", decision="deny")
+    expect(page.locator("h1")).to_have_text("Connection cancelled")
+    assert "/lightspeed/callback/" in page.url
+    page.goto("/admin/lightspeed_oauth/connectedcompany/")
+    expect(page.locator("#result_list tbody tr", has_text="Restaurant O-Series")).to_have_count(0)
+
+
+def test_refresh_now_action_renews_the_token(site, staff_page):
+    page = staff_page
+    # Retail X-Series: the token URL is the store's own, so the refresh must find it again.
+    connect_from_admin(page, "sandbox-retail-x", "Northside Deli", shown_as="northsidedeli")
+    # Age the token as if it had been issued long ago, so a renewed expiry shows in the list.
+    site.manage(
+        "shell",
+        "-c",
+        "from datetime import timedelta; from django.utils import timezone; "
+        "from django_lightspeed_oauth.models import ConnectedCompany; "
+        "ConnectedCompany.objects.filter(client__slug='sandbox-retail-x')"
+        ".update(expires_at=timezone.now() - timedelta(seconds=30))",
+    )
+    row = company_row(page, "Retail X-Series", "northsidedeli")
+    before = expires_in_text(row)
+    assert before.startswith("expired"), before
+
+    row.locator("input.action-select").check()
+    page.select_option("select[name=action]", "refresh_now")
+    page.click("button[name=index]")
+    success = page.locator("ul.messagelist li.success")
+    expect(success).to_contain_text("refreshed")
+
+    row = page.locator("#result_list tbody tr", has_text="northsidedeli").filter(has_text="Retail X-Series")
+    after = expires_in_text(row)
+    assert after != before
+    assert after.startswith("in "), after
+    expect(row.locator("span.ls-status-active")).to_have_text("Active")
+    # After the earlier tests this list shows several companies and the action's message; without
+    # the navigation sidebar every column fits.
+    page.set_viewport_size({"width": 1440, "height": 800})
+    if page.locator("#toggle-nav-sidebar").is_visible():
+        page.click("#toggle-nav-sidebar")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "admin-companies.png"), full_page=True)
