@@ -39,7 +39,7 @@ class ApiClient(models.Model):
 
     name = models.CharField(_("name"), max_length=100)
     slug = models.SlugField(_("slug"), max_length=100, unique=True,
-                            help_text=_("Used in the connect URL: /connect/<slug>/."))
+                            help_text=_("Part of the connect URL, e.g. connect/my-client/."))
     provider = models.CharField(_("provider"), max_length=32,
                                 help_text=_("The Lightspeed OAuth flavour this client speaks."))
     environment = models.CharField(_("environment"), max_length=16, choices=Environment.choices,

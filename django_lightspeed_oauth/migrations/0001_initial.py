@@ -21,7 +21,7 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('name', models.CharField(max_length=100, verbose_name='name')),
-                ('slug', models.SlugField(help_text='Used in the connect URL: /connect/<slug>/.', max_length=100, unique=True, verbose_name='slug')),
+                ('slug', models.SlugField(help_text='Part of the connect URL, e.g. connect/my-client/.', max_length=100, unique=True, verbose_name='slug')),
                 ('provider', models.CharField(help_text='The Lightspeed OAuth flavour this client speaks.', max_length=32, verbose_name='provider')),
                 ('environment', models.CharField(choices=[('production', 'Production'), ('trial', 'Trial / demo'), ('sandbox', 'Local sandbox')], default='production', max_length=16, verbose_name='environment')),
                 ('client_id', models.CharField(max_length=255, verbose_name='client id')),
