@@ -4,6 +4,7 @@
 #   make demo               the demo site at http://127.0.0.1:8000/ with the sandbox servers (admin / admin)
 #   make browser-test       drive headless Chromium through the admin and the authorization flow
 #   make screenshots        the browser tests, saving the README's admin screenshots to docs/screenshots/
+#   make test-django42      the test suite on Django 4.2 LTS (its own virtualenv, .venv-django42)
 #   make migrations-check   fail when a model change has no migration
 #   make benchmark          run benchmarks/refresh.py
 #   make clean              remove the virtualenv, caches, artifacts and the demo database
@@ -43,7 +44,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test test-django42 demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -58,8 +59,13 @@ $(VENV)/.installed-%: setup.cfg pyproject.toml | $(VENV)/bin/python
 	@touch $@
 
 test: $(VENV)/.installed-test $(DB_STAMP)
-	@echo "Database: $(if $(DATABASE_URL),$(DB_SCHEME) (from DATABASE_URL),SQLite in memory)"
+	$(if $(DJANGO_SPEC),$(PIP) install --quiet "$(DJANGO_SPEC)")
+	@echo "Database: $(if $(DATABASE_URL),$(DB_SCHEME) (from DATABASE_URL),SQLite) with Django $$($(PY) -c 'import django; print(django.get_version())')"
 	$(BIN)/pytest -m "not browser" $(PYTEST_ARGS)
+
+# Both supported LTS releases: the default venv gets the newest Django setup.cfg allows.
+test-django42:
+	$(MAKE) test VENV=.venv-django42 DJANGO_SPEC="Django>=4.2,<4.3"
 
 migrations-check: $(VENV)/.installed-test
 	$(BIN)/django-admin makemigrations --check --dry-run --settings tests.settings --pythonpath .
