@@ -19,16 +19,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urljoin
 
 import requests
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.db.models import F, Q
 from django.utils import timezone
 
 from . import oauth, signals
 from .conf import app_settings
+from .crypto import fingerprint
 from .exceptions import (
     CompanyDisconnected,
     InvalidGrant,
@@ -114,6 +115,28 @@ def _in_own_connection(company: ConnectedCompany, **kwargs: Any) -> RefreshResul
     return box["result"]
 
 
+def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk: int) -> int:
+    """Run one UPDATE, retrying on database errors (a busy SQLite file, a dropped connection).
+
+    Safe because a failed statement changed nothing. Between attempts the connection is closed,
+    unless a transaction is open, so that a broken connection is replaced.
+    """
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except DatabaseError:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("Database error while %s for company %s; retrying", what, company_pk)
+            connection = connections[router.db_for_write(ConnectedCompany)]
+            if not connection.in_atomic_block:
+                connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
              wait: bool) -> RefreshResult:
     manager = ConnectedCompany.objects
@@ -133,12 +156,18 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
             return RefreshResult(company, FRESH, waited=waited)
         if not company.refresh_token:
             return _fail_for_good(company, None, "The company has no refresh token.")
+        now = timezone.now()
+        if not force and company.next_attempt_at and company.next_attempt_at > now:
+            # Backing off after a failure (maybe a Retry-After): do not ask the server again yet.
+            return RefreshResult(company, FAILED, waited=waited)
 
         lock_id = uuid.uuid4().hex
-        now = timezone.now()
-        taken = manager.filter(pk=company.pk, token_version=company.token_version).filter(
-            _lock_free(now)
-        ).update(refresh_lock_id=lock_id, refresh_lock_until=now + timedelta(seconds=lock_timeout))
+        candidate = manager.filter(pk=company.pk, token_version=company.token_version).filter(
+            _lock_free(now))
+        taken = _retrying(
+            lambda: candidate.update(refresh_lock_id=lock_id,
+                                     refresh_lock_until=now + timedelta(seconds=lock_timeout)),
+            seconds=lock_timeout / 2, what="taking the refresh lock", company_pk=company.pk)
         if taken:
             return _refresh_locked(company, lock_id, waited)
 
@@ -204,18 +233,29 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
     )
     if tokens.scope:
         values["granted_scopes"] = tokens.scope
-    if not mine.update(**values):
-        # Our lease ran out (a token request slower than LOCK_TIMEOUT). Keep the new tokens anyway:
-        # they are the only valid ones if the server rotated.
-        logger.error("Refresh lock of company %s expired before its refresh finished; "
-                     "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']", company.pk)
-        manager.filter(pk=company.pk).update(**values)
+    persist_for = max(30.0, 2 * float(app_settings.LOCK_TIMEOUT))
+    try:
+        stored = _retrying(lambda: mine.update(**values), seconds=persist_for,
+                           what="storing new tokens", company_pk=company.pk)
+        if not stored:
+            # Our lease ran out (a token request slower than LOCK_TIMEOUT). Keep the new tokens
+            # anyway: they are the only valid ones if the server rotated.
+            logger.error("Refresh lock of company %s expired before its refresh finished; "
+                         "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']", company.pk)
+            _retrying(lambda: manager.filter(pk=company.pk).update(**values),
+                      seconds=persist_for, what="storing new tokens", company_pk=company.pk)
+    except DatabaseError:
+        logger.critical("New tokens of company %s could not be stored (new refresh token %s); "
+                        "the merchant may have to connect again", company.pk,
+                        fingerprint(new_refresh))
+        raise
     rotated = tokens.refresh_token is not None and tokens.refresh_token != company.refresh_token
     for name, value in values.items():
         if name != "token_version":
             setattr(company, name, value)
     company.token_version += 1
     logger.info("Refreshed company %s (client %s)", company.pk, client.slug)
+    # The tokens are stored: nothing below may turn this into a failure.
     _event(company, TokenEvent.Kind.REFRESHED, "Tokens refreshed.", {
         "access_token": company.access_token_fingerprint,
         "refresh_token": company.refresh_token_fingerprint,
@@ -235,7 +275,8 @@ def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, me
     values = dict(status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED, last_error=message,
                   failure_count=F("failure_count") + 1, next_attempt_at=None,
                   refresh_lock_id="", refresh_lock_until=None, updated_at=now)
-    query.update(**values)
+    if not query.update(**values):
+        return _lease_lost(company)
     company.status = ConnectedCompany.Status.REAUTHORIZATION_REQUIRED
     company.last_error = message
     company.failure_count += 1
@@ -245,6 +286,15 @@ def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, me
            {"error": err.error if err else "", "status_code": err.status_code if err else None})
     signals.send(signals.reauthorization_required, company=company, error=err)
     return RefreshResult(company, REAUTHORIZATION_REQUIRED, error=err)
+
+
+def _lease_lost(company: ConnectedCompany) -> RefreshResult:
+    # Another process took the company over after our lease ended; its outcome is the one that
+    # counts, so report nothing and take the row as it is now.
+    logger.warning("Refresh lock of company %s was taken over before its failure was recorded",
+                   company.pk)
+    company.refresh_from_db(fields=_REREAD_FIELDS)
+    return RefreshResult(company, FRESH, waited=True)
 
 
 def _backoff(failures: int, err: TokenEndpointError) -> float:
@@ -260,10 +310,11 @@ def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError,
     now = timezone.now()
     failures = company.failure_count + 1
     next_attempt = now + timedelta(seconds=_backoff(failures, err))
-    ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
+    if not ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
         status=ConnectedCompany.Status.FAILING, failure_count=failures, last_error=err.message,
         next_attempt_at=next_attempt, refresh_lock_id="", refresh_lock_until=None, updated_at=now,
-    )
+    ):
+        return _lease_lost(company)
     company.status = ConnectedCompany.Status.FAILING
     company.failure_count = failures
     company.last_error = err.message
@@ -281,8 +332,12 @@ def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError,
 
 def _event(company: ConnectedCompany, kind: str, message: str, details: dict[str, Any],
            actor=None) -> None:
-    TokenEvent.objects.create(company=company, kind=kind, message=message, details=details,
-                              actor=actor)
+    """Append to the company's history; the history must never fail what it records."""
+    try:
+        TokenEvent.objects.create(company=company, kind=kind, message=message, details=details,
+                                  actor=actor)
+    except DatabaseError:
+        logger.exception("Could not record a %s event for company %s", kind, company.pk)
 
 
 def get_access_token(company: ConnectedCompany) -> str:

@@ -161,7 +161,7 @@ def test_success_after_failures_resets_the_company(received):
         fake.fail_with(500)
         company.refresh()
         fake.fail_with(None)
-        assert company.refresh() == "refreshed"
+        assert company.refresh(force=True) == "refreshed"
     stored = ConnectedCompany.objects.get(pk=company.pk)
     assert (stored.status, stored.failure_count, stored.last_error, stored.next_attempt_at) == (
         "active", 0, "", None)
@@ -240,3 +240,17 @@ def test_a_broken_signal_receiver_does_not_fail_a_stored_refresh(caplog):
         signals.token_refreshed.disconnect(dispatch_uid="test-broken")
     assert ConnectedCompany.objects.get(pk=company.pk).refresh_token == fake.last_refresh_token
     assert "Receiver" in caplog.text
+
+
+def test_a_company_backing_off_is_not_asked_for_again_until_its_next_attempt():
+    company = make_company(expires_in=120)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(429)
+        assert company.refresh() == "failed"
+        fake.fail_with(None)
+        assert company.get_access_token() == company.access_token  # still valid: served as is
+        assert company.refresh() == "failed"
+        assert len(fake.requests) == 1
+        ConnectedCompany.objects.filter(pk=company.pk).update(next_attempt_at=timezone.now())
+        company.refresh_from_db()
+        assert company.refresh() == "refreshed"
