@@ -1,0 +1,311 @@
+"""Benchmark: refresh N expiring companies with the refresh command's function, against a real server.
+
+What it does, in one run:
+
+1. starts the local token server (``python -m django_lightspeed_oauth.tokenserver``) in its own
+   process, answering every token request after ``--latency-ms`` milliseconds, with single-use
+   rotating refresh tokens (a double refresh would show up as an ``invalid_grant``);
+2. creates a fresh database (a temporary SQLite file by default; PostgreSQL and MySQL/MariaDB
+   databases named by ``--database-url`` are dropped and created again), migrates it and creates
+   ``--n`` companies whose tokens expire in a minute (in a forked child, so that this set-up does not
+   count in the peak memory);
+3. runs :func:`django_lightspeed_oauth.refreshing.refresh_due` with ``--workers`` threads and measures
+   wall time, refreshes per second, efficiency = (N x latency / workers) / wall time (1.0: the pool
+   is as fast as the token server lets it be), database queries per refresh (every connection of
+   every thread counted) and peak RSS;
+4. refreshes the same tokens (the new ones) with a plain sequential loop over requests-oauthlib's
+   ``OAuth2Session.refresh_token``, no database, as the baseline, and prints ours/baseline speed.
+
+The last line is exactly ``efficiency=E queries_per_refresh=Q peak_rss_mb=M baseline_ratio=R``.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/refresh.py --n 1000
+    .venv/bin/python benchmarks/refresh.py --n 5000 \\
+        --database-url postgres://postgres@127.0.0.1:5432/lightspeed_bench
+
+Needs the ``benchmark`` extra (requests-oauthlib, psycopg) and dj-database-url.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+BATCH = 1000
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=5000, help="companies to refresh (default 5000)")
+    parser.add_argument("--workers", type=int, default=16, help="worker threads (default 16)")
+    parser.add_argument("--latency-ms", type=float, default=50.0,
+                        help="token server latency per request (default 50)")
+    parser.add_argument("--database-url", default="",
+                        help="default: a temporary SQLite file; a PostgreSQL or MySQL database "
+                             "named here is DROPPED and created again")
+    parser.add_argument("--baseline-n", type=int, default=None,
+                        help="tokens for the sequential baseline (default: all N; 0: skip)")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    return parser.parse_args(argv)
+
+
+# Database ------------------------------------------------------------------------------------------
+
+def configure(database_url: str) -> dict:
+    import dj_database_url
+    from django.conf import settings
+
+    database = dj_database_url.parse(database_url)
+    if database["ENGINE"] == "django.db.backends.mysql":
+        database.setdefault("OPTIONS", {})["charset"] = "utf8mb4"
+    settings.configure(
+        DEBUG=False,  # with DEBUG, Django keeps every query in memory
+        SECRET_KEY="benchmark-only",
+        USE_TZ=True,
+        DATABASES={"default": database},
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes",
+                        "django_lightspeed_oauth"],
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
+        LIGHTSPEED_OAUTH={"ENCRYPTION_KEYS": ["p2Z3v8cJ3QkzJ1l0bDq0H6mVd1J8g3rX9c6sQ4uYw2A="]},
+        LOGGING_CONFIG=None,
+    )
+    import django
+
+    django.setup()
+    return database
+
+
+def recreate_database(database: dict, drop_only: bool = False) -> None:
+    """Drop and create the PostgreSQL / MySQL database (SQLite: a fresh file is already new)."""
+    engine, name = database["ENGINE"], database["NAME"]
+    if engine.endswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(dbname="postgres", user=database.get("USER") or None,
+                             password=database.get("PASSWORD") or None,
+                             host=database.get("HOST") or None,
+                             port=database.get("PORT") or None, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            if not drop_only:
+                conn.execute(f'CREATE DATABASE "{name}"')
+    elif engine.endswith("mysql"):
+        import MySQLdb
+
+        conn = MySQLdb.connect(user=database.get("USER") or "root",
+                               password=database.get("PASSWORD") or "",
+                               host=database.get("HOST") or "127.0.0.1",
+                               port=int(database.get("PORT") or 3306))
+        cursor = conn.cursor()
+        cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        if not drop_only:
+            cursor.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        conn.close()
+    elif drop_only and name and os.path.exists(name):
+        os.unlink(name)
+
+
+def populate(n: int, token_url: str) -> None:
+    """Migrate and create N companies expiring in a minute (run in a forked child)."""
+    from django.core.management import call_command
+    from django.db import connections
+    from django.utils import timezone
+
+    from django_lightspeed_oauth.models import ApiClient, ConnectedCompany
+
+    call_command("migrate", verbosity=0)
+    base = token_url.rsplit("/oauth/token", 1)[0]
+    client = ApiClient(name="Benchmark", slug="benchmark", provider="custom", environment="production",
+                       client_id="bench-client", client_secret="bench-secret-" + secrets.token_hex(8),
+                       redirect_uri="https://bench.example.com/lightspeed/callback/",
+                       scopes="", authorize_url=base + "/authorize", token_url=token_url,
+                       provider_options={"token_auth": "body", "token_params": "form"})
+    client.full_clean()
+    client.save()
+    expires = timezone.now() + timedelta(seconds=60)
+    for start in range(0, n, BATCH):
+        ConnectedCompany.objects.bulk_create([
+            ConnectedCompany(client=client, company_id=str(100_000 + i), name=f"Company {i}",
+                             access_token="bench-access-" + secrets.token_urlsafe(16),
+                             refresh_token="bench-refresh-" + secrets.token_urlsafe(16),
+                             expires_at=expires)
+            for i in range(start, min(n, start + BATCH))
+        ])
+    connections.close_all()
+
+
+# Counting queries ----------------------------------------------------------------------------------
+
+class QueryCounter:
+    """An execute_wrapper put on every database connection as it opens, in every thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+        self.base = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        with self._lock:
+            self.total += 1
+        return execute(sql, params, many, context)
+
+    def install(self) -> None:
+        from django.db import connections
+        from django.db.backends.signals import connection_created
+
+        def on_connect(sender, connection, **kwargs) -> None:
+            if self not in connection.execute_wrappers:
+                connection.execute_wrappers.append(self)
+
+        connection_created.connect(on_connect, weak=False)
+        for connection in connections.all():
+            if connection.connection is not None and self not in connection.execute_wrappers:
+                connection.execute_wrappers.append(self)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# Token server --------------------------------------------------------------------------------------
+
+def start_token_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "django_lightspeed_oauth.tokenserver", "--port", "0",
+         "--latency-ms", str(latency_ms)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit("the token server did not start")
+    return proc, url
+
+
+def server_stats(url: str) -> dict:
+    import requests
+
+    return requests.get(url + "/stats", timeout=5).json()
+
+
+# The two runs --------------------------------------------------------------------------------------
+
+def run_ours(workers: int, counter: QueryCounter) -> tuple[float, object]:
+    from django_lightspeed_oauth.refreshing import refresh_due
+
+    start_queries = counter.total
+    started = time.perf_counter()
+    summary = refresh_due(workers=workers)
+    wall = time.perf_counter() - started
+    counter.base = start_queries
+    return wall, summary
+
+
+def run_baseline(token_url: str, limit: int) -> tuple[float, int]:
+    from requests_oauthlib import OAuth2Session
+
+    from django_lightspeed_oauth.models import ApiClient, ConnectedCompany
+
+    os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the local server is plain http
+    os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
+    client = ApiClient.objects.get(slug="benchmark")
+    refresh_tokens = [c.refresh_token for c in
+                      ConnectedCompany.objects.order_by("pk").only("refresh_token")[:limit]]
+    session = OAuth2Session(client.client_id)
+    started = time.perf_counter()
+    for token in refresh_tokens:
+        session.refresh_token(token_url, refresh_token=token, client_id=client.client_id,
+                              client_secret=client.client_secret, timeout=30)
+    return time.perf_counter() - started, len(refresh_tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmpdir = None
+    url = args.database_url
+    if not url:
+        tmpdir = tempfile.mkdtemp(prefix="lightspeed-bench-")
+        url = f"sqlite:///{tmpdir}/bench.sqlite3"
+    server, server_url = start_token_server(args.latency_ms)
+    token_url = server_url + "/oauth/token"
+    database = configure(url)
+    vendor = database["ENGINE"].rsplit(".", 1)[-1]
+    try:
+        recreate_database(database)
+        # Set-up in a forked child: its memory must not count in our peak RSS.
+        child = multiprocessing.get_context("fork").Process(target=populate,
+                                                           args=(args.n, token_url))
+        started = time.perf_counter()
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit("set-up failed")
+        print(f"set-up: {args.n} companies on {vendor} in {time.perf_counter() - started:.1f}s",
+              flush=True)
+
+        counter = QueryCounter()
+        counter.install()
+        rss_before = rss_mb()
+        wall, summary = run_ours(args.workers, counter)
+        queries = counter.total - counter.base
+        peak = rss_mb()
+        stats = server_stats(server_url)
+        latency = args.latency_ms / 1000
+        ideal = args.n * latency / args.workers
+        efficiency = ideal / wall
+        refreshed = summary.refreshed
+        qpr = queries / max(1, refreshed)
+        print(f"ours: {refreshed}/{args.n} refreshed (fresh {summary.fresh}, busy {summary.busy}, "
+              f"failed {summary.failed}, reauth {summary.reauthorization_required}) "
+              f"with {args.workers} workers in {wall:.2f}s = {refreshed / wall:.1f} refreshes/s; "
+              f"ideal {ideal:.2f}s; {queries} queries; RSS {rss_before:.1f} MB before, "
+              f"{peak:.1f} MB peak", flush=True)
+        print(f"token server: {stats['refreshes']} refreshes, {stats['invalid_grants']} "
+              f"invalid_grant, max {stats['max_in_flight']} in flight", flush=True)
+        if stats["invalid_grants"] or refreshed != args.n or stats["refreshes"] != refreshed:
+            print("WARNING: not every company was refreshed exactly once", flush=True)
+            for problem in summary.problems[:10]:
+                print(f"  company {problem.pk}: {problem.outcome} {problem.message}", flush=True)
+
+        ratio = float("nan")
+        limit = args.n if args.baseline_n is None else args.baseline_n
+        if limit > 0:
+            base_wall, base_n = run_baseline(token_url, limit)
+            ours_rate = refreshed / wall
+            base_rate = base_n / base_wall
+            ratio = ours_rate / base_rate
+            print(f"baseline: {base_n} sequential OAuth2Session.refresh_token calls in "
+                  f"{base_wall:.2f}s = {base_rate:.1f} refreshes/s", flush=True)
+        print(f"efficiency={efficiency:.2f} queries_per_refresh={qpr:.2f} "
+              f"peak_rss_mb={peak:.1f} baseline_ratio={ratio:.2f}", flush=True)
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        server.terminate()
+        server.wait(timeout=10)
+        if not args.keep_db:
+            recreate_database(database, drop_only=True)
+        if tmpdir and not args.keep_db:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
