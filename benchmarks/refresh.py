@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "named here is DROPPED and created again")
     parser.add_argument("--baseline-n", type=int, default=None,
                         help="tokens for the sequential baseline (default: all N; 0: skip)")
+    parser.add_argument("--sqlite-journal", choices=["wal", "delete"], default="wal",
+                        help="SQLite only: WAL with synchronous=NORMAL (what README.rst recommends "
+                             "for several workers; default) or SQLite's own rollback journal")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     return parser.parse_args(argv)
 
@@ -87,6 +90,20 @@ def configure(database_url: str) -> dict:
 
     django.setup()
     return database
+
+
+def use_sqlite_journal(mode: str) -> None:
+    """Every SQLite connection in this process uses ``mode`` (WAL: synchronous=NORMAL too)."""
+    from django.db.backends.signals import connection_created
+
+    def on_connect(sender, connection, **kwargs) -> None:
+        if connection.vendor == "sqlite":
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA journal_mode={mode}")
+                if mode == "wal":
+                    cursor.execute("PRAGMA synchronous=NORMAL")
+
+    connection_created.connect(on_connect, weak=False)
 
 
 def recreate_database(database: dict, drop_only: bool = False) -> None:
@@ -244,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     token_url = server_url + "/oauth/token"
     database = configure(url)
     vendor = database["ENGINE"].rsplit(".", 1)[-1]
+    if vendor == "sqlite3":
+        use_sqlite_journal(args.sqlite_journal)
+        vendor = f"sqlite3 ({args.sqlite_journal} journal)"
     try:
         recreate_database(database)
         # Set-up in a forked child: its memory must not count in our peak RSS.

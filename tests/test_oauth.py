@@ -59,3 +59,28 @@ def test_a_refused_connection_is_transient_and_names_no_secret():
                              refresh_token="OLD-REFRESH-xyz")
     assert "could not be reached" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_proxy_settings_from_the_environment_are_still_honoured(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = oauth._Session()
+    first = session.merge_environment_settings("https://a.example.com/x", {}, None, None, None)
+    again = session.merge_environment_settings("https://b.example.com/y", {}, None, None, None)
+    assert first["proxies"]["https"] == "http://proxy.internal:3128" == again["proxies"]["https"]
+    first["proxies"]["https"] = "changed"  # a caller's change does not leak into the cache
+    assert session.merge_environment_settings("https://c.example.com/", {}, None, None, None)[
+        "proxies"]["https"] == "http://proxy.internal:3128"
+
+
+def test_no_proxy_is_honoured_per_host(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example.com")
+    session = oauth._Session()
+    bypassed = session.merge_environment_settings("https://internal.example.com/", {}, None,
+                                                  None, None)
+    proxied = session.merge_environment_settings("https://api.lightspeedapp.com/", {}, None,
+                                                 None, None)
+    assert "https" not in bypassed["proxies"]
+    assert proxied["proxies"]["https"] == "http://proxy.internal:3128"
