@@ -1,6 +1,6 @@
 # Development tasks for django-lightspeed-oauth (GNU make).
 #
-#   make test               the test suite (SQLite in memory; set DATABASE_URL for PostgreSQL or MySQL)
+#   make test               the test suite (a SQLite file; set DATABASE_URL for PostgreSQL or MySQL)
 #   make demo               the demo site at http://127.0.0.1:8000/ with the sandbox servers (admin / admin)
 #   make browser-test       drive headless Chromium through the admin and the authorization flow
 #   make screenshots        the browser tests, saving the README's admin screenshots to docs/screenshots/
