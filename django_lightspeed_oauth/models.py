@@ -192,8 +192,27 @@ class ConnectedCompany(models.Model):
             models.Index(fields=["status", "expires_at"], name="lightspeed_status_expiry"),
         ]
 
+    #: Written only by the flow, refresh and disconnect, each with a conditional UPDATE. A plain
+    #: ``save()`` of an instance loaded earlier must not write them back: that would restore a
+    #: spent refresh token (and an old token_version) after a refresh in another process.
+    TOKEN_STATE_FIELDS = frozenset({
+        "status", "access_token", "refresh_token", "token_type", "granted_scopes", "expires_at",
+        "refresh_expires_at", "last_refreshed_at", "failure_count", "last_error",
+        "next_attempt_at", "token_version", "refresh_lock_id", "refresh_lock_until",
+    })
+
     def __str__(self) -> str:
         return self.name or self.company_id
+
+    def save(self, *args, **kwargs) -> None:
+        """Saving an existing company leaves its token state alone unless ``update_fields``
+        names those fields explicitly."""
+        if not self._state.adding and kwargs.get("update_fields") is None:
+            kwargs["update_fields"] = [
+                f.name for f in self._meta.concrete_fields
+                if not f.primary_key and f.name not in self.TOKEN_STATE_FIELDS
+            ]
+        super().save(*args, **kwargs)
 
     def __repr__(self) -> str:
         return (f"<ConnectedCompany {self.company_id!r} client={self.client_id} "

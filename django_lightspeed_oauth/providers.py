@@ -369,8 +369,9 @@ class Provider:
             access_token=access_token,
             refresh_token=refresh_token,
             expires_at=expires_at,
-            token_type=str(payload.get("token_type") or "bearer"),
-            scope=str(payload.get("scope") or ""),
+            # Cut to the columns' sizes: a longer value would fail the write of the new tokens.
+            token_type=str(payload.get("token_type") or "bearer")[:32],
+            scope=str(payload.get("scope") or "")[:1000],
             refresh_expires_at=refresh_expires_at,
             id_token=id_token if isinstance(id_token, str) else None,
             extra=extra,

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from urllib.parse import urljoin
 
 import requests
-from django.db import DatabaseError, connections, router
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -126,7 +126,8 @@ def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk
     while True:
         try:
             return write()
-        except DatabaseError:
+        except (OperationalError, InterfaceError):
+            # Busy or lost connection: may pass. A DataError or IntegrityError never would.
             if time.monotonic() + delay > deadline:
                 raise
             logger.warning("Database error while %s for company %s; retrying", what, company_pk)
@@ -162,12 +163,16 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
             return RefreshResult(company, FAILED, waited=waited)
 
         lock_id = uuid.uuid4().hex
-        candidate = manager.filter(pk=company.pk, token_version=company.token_version).filter(
-            _lock_free(now))
-        taken = _retrying(
-            lambda: candidate.update(refresh_lock_id=lock_id,
-                                     refresh_lock_until=now + timedelta(seconds=lock_timeout)),
-            seconds=lock_timeout / 2, what="taking the refresh lock", company_pk=company.pk)
+
+        def take_lock() -> int:
+            # The lease starts when the statement runs, not before a retry's wait.
+            start = timezone.now()
+            return manager.filter(pk=company.pk, token_version=company.token_version).filter(
+                _lock_free(start)).update(
+                refresh_lock_id=lock_id, refresh_lock_until=start + timedelta(seconds=lock_timeout))
+
+        taken = _retrying(take_lock, seconds=lock_timeout / 2, what="taking the refresh lock",
+                          company_pk=company.pk)
         if taken:
             return _refresh_locked(company, lock_id, waited)
 
@@ -238,12 +243,18 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         stored = _retrying(lambda: mine.update(**values), seconds=persist_for,
                            what="storing new tokens", company_pk=company.pk)
         if not stored:
-            # Our lease ran out (a token request slower than LOCK_TIMEOUT). Keep the new tokens
-            # anyway: they are the only valid ones if the server rotated.
+            # Our lease ran out (a token request slower than LOCK_TIMEOUT) and another process
+            # took the lock. Keep the new tokens if nobody changed the tokens since we read them
+            # (they are then the only valid ones); a disconnect or a new grant meanwhile wins.
             logger.error("Refresh lock of company %s expired before its refresh finished; "
                          "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']", company.pk)
-            _retrying(lambda: manager.filter(pk=company.pk).update(**values),
-                      seconds=persist_for, what="storing new tokens", company_pk=company.pk)
+            unchanged = manager.filter(pk=company.pk, token_version=company.token_version)
+            if not _retrying(lambda: unchanged.update(**values), seconds=persist_for,
+                             what="storing new tokens", company_pk=company.pk):
+                logger.error("Company %s was disconnected or connected again during its "
+                             "refresh; the refreshed tokens were not kept", company.pk)
+                company.refresh_from_db(fields=_REREAD_FIELDS)
+                return RefreshResult(company, FRESH, waited=True)
     except DatabaseError:
         logger.critical("New tokens of company %s could not be stored (new refresh token %s); "
                         "the merchant may have to connect again", company.pk,
@@ -269,7 +280,7 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
 def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, message: str,
                    lock_id: str | None = None) -> RefreshResult:
     now = timezone.now()
-    query = ConnectedCompany.objects.filter(pk=company.pk)
+    query = ConnectedCompany.objects.filter(pk=company.pk, token_version=company.token_version)
     if lock_id:
         query = query.filter(refresh_lock_id=lock_id)
     values = dict(status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED, last_error=message,

@@ -16,7 +16,6 @@ from urllib.parse import urlencode
 from django.contrib.auth.views import redirect_to_login
 from django.core import signing
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
 from django.template.response import TemplateResponse
@@ -381,11 +380,13 @@ class CallbackView(FlowViewMixin, View):
                     for name, value in values.items():
                         setattr(company, name, value)
                     company.details = {**(company.details or {}), **details}
-                    company.save()
-                    if not created:
-                        ConnectedCompany.objects.filter(pk=company.pk).update(
-                            token_version=F("token_version") + 1)
-                        company.refresh_from_db(fields=["token_version"])
+                    if created:
+                        company.save()
+                    else:
+                        # A new grant: every field, token state included (the row is locked).
+                        company.token_version += 1
+                        company.save(update_fields=[
+                            f.name for f in company._meta.concrete_fields if not f.primary_key])
                     AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
                         outcome=AuthorizationRequest.Outcome.CONNECTED, company=company)
                     TokenEvent.objects.create(

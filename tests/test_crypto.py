@@ -90,7 +90,7 @@ def test_adding_a_new_first_key_keeps_old_data_readable_and_encrypts_new_data_wi
         company = ConnectedCompany.objects.get(pk=company.pk)
         assert company.access_token == ACCESS and company.refresh_token == REFRESH
         company.access_token = "access-token-new"
-        company.save()
+        company.save(update_fields=["access_token"])
         written = raw_column(ConnectedCompany, company.pk, "access_token").encode()
         assert Fernet(key_b).decrypt(written).decode() == "access-token-new"
         with pytest.raises(InvalidToken):

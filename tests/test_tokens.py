@@ -254,3 +254,43 @@ def test_a_company_backing_off_is_not_asked_for_again_until_its_next_attempt():
         ConnectedCompany.objects.filter(pk=company.pk).update(next_attempt_at=timezone.now())
         company.refresh_from_db()
         assert company.refresh() == "refreshed"
+
+
+def test_saving_a_stale_instance_does_not_restore_a_spent_refresh_token():
+    company = make_company(expires_in=60)
+    stale = ConnectedCompany.objects.get(pk=company.pk)
+    with FakeTokenEndpoint(company.client) as fake:
+        company.refresh()
+    stale.name = "Renamed in the admin"
+    stale.save()
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.name == "Renamed in the admin"
+    assert stored.refresh_token == fake.last_refresh_token and stored.token_version == 1
+
+
+def test_a_disconnect_during_a_refresh_whose_lease_ran_out_wins(monkeypatch):
+    from django_lightspeed_oauth import oauth
+
+    company = make_company(expires_in=60)
+    real = oauth.refresh_tokens
+
+    def slow_then_disconnected(*args, **kwargs):
+        tokens = real(*args, **kwargs)
+        ConnectedCompany.objects.get(pk=company.pk).disconnect()  # clears the lock meanwhile
+        return tokens
+
+    monkeypatch.setattr(oauth, "refresh_tokens", slow_then_disconnected)
+    with FakeTokenEndpoint(company.client):
+        company.refresh()
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert (stored.status, stored.refresh_token) == ("disconnected", "")
+
+
+def test_an_over_long_scope_or_token_type_does_not_block_storing_new_tokens(mocked):
+    company = make_company(expires_in=60)
+    mocked.add(responses.POST, company.client.token_endpoint(), json={
+        "access_token": "A2", "refresh_token": "R2", "expires_in": 3600,
+        "token_type": "b" * 100, "scope": "s " * 1000})
+    assert company.refresh() == "refreshed"
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.refresh_token == "R2" and len(stored.granted_scopes) == 1000
