@@ -16,6 +16,8 @@ class LightspeedOAuthConfig(AppConfig):
         from . import checks  # noqa: F401  (registers the checks)
         from .oauth import RedactGrantParameters
 
-        urllib3_logger = logging.getLogger("urllib3.connectionpool")
-        if not any(isinstance(f, RedactGrantParameters) for f in urllib3_logger.filters):
-            urllib3_logger.addFilter(RedactGrantParameters())
+        # A logger's filters see only the records of that logger, not of its children.
+        for name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection"):
+            urllib3_logger = logging.getLogger(name)
+            if not any(isinstance(f, RedactGrantParameters) for f in urllib3_logger.filters):
+                urllib3_logger.addFilter(RedactGrantParameters())

@@ -16,8 +16,14 @@ from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
 from .crypto import EncryptedTextField, fingerprint
-from .exceptions import ProviderError
-from .providers import ENVIRONMENTS, Provider, get_provider, provider_classes
+from .exceptions import ConfigurationError, ProviderError
+from .providers import (
+    ENVIRONMENTS,
+    Provider,
+    check_url_template,
+    get_provider,
+    provider_classes,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -92,8 +98,15 @@ class ApiClient(models.Model):
                             errors[name] = _("The custom provider needs this URL.")
         for name in ("authorize_url", "token_url"):
             value = getattr(self, name)
-            if value and not _URL_TEMPLATE.match(value):
+            if not value:
+                continue
+            if not _URL_TEMPLATE.match(value):
                 errors.setdefault(name, _("Enter an absolute http(s) URL."))
+                continue
+            try:
+                check_url_template(value)
+            except ConfigurationError as err:
+                errors.setdefault(name, err.message)
         if self.environment not in ENVIRONMENTS:
             errors["environment"] = _("Unknown environment.")
         if errors:

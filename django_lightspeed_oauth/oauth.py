@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -124,7 +124,8 @@ def _where(url: str) -> str:
 def _redact(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                text = text.replace(form, "[redacted]")
     return text[:200]
 
 
@@ -210,7 +211,7 @@ def _read_token_response(
     error = ""
     description = ""
     if isinstance(payload, Mapping):
-        error = str(payload.get("error") or "")
+        error = _redact(str(payload.get("error") or ""), secrets)[:64]
         description = _redact(str(payload.get("error_description") or ""), secrets)
     detail = f" ({error}: {description})" if description else (f" ({error})" if error else "")
     if status == 429 or status >= 500:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import string
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -79,6 +80,19 @@ class Identity:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def check_url_template(template: str) -> None:
+    """Raise ConfigurationError unless every brace in ``template`` is a ``{name}`` placeholder."""
+    try:
+        fields = [field for _, field, spec, conv in string.Formatter().parse(template)
+                  if field is not None and (not re.fullmatch(r"\w+", field) or spec or conv)]
+    except ValueError:
+        fields = ["?"]
+    if fields:
+        raise ConfigurationError(
+            f"The URL {template!r} has a brace that is not a {{name}} placeholder."
+        )
+
+
 def _choice(*allowed: str):
     def validate(value: Any) -> str:
         if value not in allowed:
@@ -98,6 +112,10 @@ def _url_template(value: Any) -> str:
     value = _text(value)
     if not value.startswith(("https://", "http://", "{")):
         raise ValueError("must be an absolute http(s) URL (placeholders such as {api} allowed)")
+    try:
+        check_url_template(value)
+    except ConfigurationError:
+        raise ValueError("has a brace that is not a {name} placeholder") from None
     return value
 
 
@@ -251,6 +269,7 @@ class Provider:
         return self.fill(template, context or {})
 
     def fill(self, template: str, context: Mapping[str, str]) -> str:
+        check_url_template(template)
         values = {}
         for name in re.findall(r"{(\w+)}", template):
             value = context.get(name, "")
@@ -354,10 +373,9 @@ class Provider:
             if refresh_expires_in:
                 refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
         except (OverflowError, ValueError, OSError):
-            # A number so large it is past the year 9999: not an answer we can keep.
-            raise TransientTokenError(
-                "The token endpoint's answer has an expiry that is not a usable time."
-            ) from None
+            # A number so large it is past the year 9999. The answer may carry a new refresh
+            # token that must be kept, so read it as "no expiry" rather than refusing it.
+            expires_at = refresh_expires_at = None
         secret_keys = {self.access_token_key, self.refresh_token_key, "id_token"}
         extra = {
             name: value

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
 from django.core import signing
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
 from django.template.response import TemplateResponse
@@ -211,7 +211,10 @@ class InviteView(FlowViewMixin, View):
 
 
 @method_decorator(never_cache, name="dispatch")
+@method_decorator(transaction.non_atomic_requests, name="dispatch")
 class CallbackView(FlowViewMixin, View):
+    # Not inside ATOMIC_REQUESTS: the code is spent once exchanged, so the tokens must be committed
+    # by store() whatever happens later in the request.
     """Lightspeed sends the browser back here, with a code or an error, for every API client."""
 
     success_template_name = "lightspeed_oauth/connected.html"
@@ -338,9 +341,19 @@ class CallbackView(FlowViewMixin, View):
             raise FlowError("This connection is not set up correctly",
                             "The site's Lightspeed connection is misconfigured; staff can see "
                             "why in the admin.", status=500, reason="misconfigured") from None
-        company, created = self.store(request, auth_request, tokens, identity, context)
-        signals.company_connected.send(sender=ConnectedCompany, company=company, created=created,
-                                       request=request)
+        try:
+            company, created = self.store(request, auth_request, tokens, identity, context)
+        except DatabaseError:
+            logger.exception("Could not store the company connected with API client %s",
+                             client.slug)
+            self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED,
+                                "The connection could not be saved (database error).")
+            raise FlowError("The connection could not be saved",
+                            "Lightspeed confirmed the connection but the site could not save it. "
+                            "Please try again in a moment.", status=503,
+                            reason="store_failed") from None
+        signals.send(signals.company_connected, company=company, created=created,
+                     request=request)
         return company
 
     def store(self, request: HttpRequest, auth_request: AuthorizationRequest, tokens: TokenSet,

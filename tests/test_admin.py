@@ -611,3 +611,19 @@ def test_expiry_is_humanized(seconds, expected):
 
 def test_no_expiry_is_shown_as_empty():
     assert humanize_expiry(None) == ""
+
+
+@pytest.mark.django_db
+def test_a_token_url_with_a_stray_brace_is_refused_by_the_model():
+    from django.core.exceptions import ValidationError
+
+    from django_lightspeed_oauth.models import ApiClient
+
+    client = ApiClient(name="c", slug="c", provider="custom", environment="production",
+                       client_id="i", client_secret="s",
+                       redirect_uri="https://site.example.com/cb/",
+                       authorize_url="https://a.example.com/authorize",
+                       token_url="https://a.example.com/{oops-}/token")
+    with pytest.raises(ValidationError) as caught:
+        client.full_clean()
+    assert "token_url" in caught.value.message_dict

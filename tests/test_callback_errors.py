@@ -272,8 +272,6 @@ TOKEN_FAILURES = [
     ("no-access-token", dict(status=200, json={"token_type": "bearer", "expires_in": 60}),
      "has no 'access_token'"),
     ("not-an-object", dict(status=200, json=["access_token"]), "not an object"),
-    ("absurd-expiry", dict(status=200, json={**TOKENS, "expires_in": 1e300}),
-     "expiry that is not a usable time"),
     ("read-timeout", dict(body=requests.ReadTimeout("read timed out")), "did not answer in time"),
     ("connection-refused", dict(body=requests.ConnectionError("refused")), "could not be reached"),
 ]
@@ -471,3 +469,43 @@ def test_connect_with_a_misconfigured_client_gives_a_clear_page(staff_client):
     response = staff_client.get(f"/lightspeed/connect/{client.slug}/")
     assert_error_page(response, 500, "misconfigured", "misconfigured")
     assert not AuthorizationRequest.objects.exists()
+
+
+def test_a_failing_company_connected_receiver_does_not_break_a_stored_connection(
+    staff_client, api_client, mocked
+):
+    from django_lightspeed_oauth import signals
+
+    def broken(**kwargs):
+        raise RuntimeError("receiver bug")
+
+    signals.company_connected.connect(broken, weak=False, dispatch_uid="test-broken-connected")
+    try:
+        state = start(staff_client, api_client)
+        mocked.add(responses.POST, TOKEN_URL, json=TOKENS)
+        mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+                   json=[{"businessId": 5, "businessName": "B"}])
+        response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
+    finally:
+        signals.company_connected.disconnect(dispatch_uid="test-broken-connected")
+    assert response.status_code == 200
+    assert ConnectedCompany.objects.filter(company_id="5").exists()
+
+
+def test_a_database_error_while_storing_gives_a_clear_page_and_records_why(
+    staff_client, api_client, mocked, monkeypatch
+):
+    from django.db import OperationalError
+
+    def fail(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(CallbackView, "store", fail)
+    state = start(staff_client, api_client)
+    mocked.add(responses.POST, TOKEN_URL, json=TOKENS)
+    mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+               json=[{"businessId": 5, "businessName": "B"}])
+    response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
+    assert_error_page(response, 503, "store_failed", "could not save it")
+    auth_request = AuthorizationRequest.objects.get()
+    assert (auth_request.outcome, auth_request.used_at is not None) == ("failed", True)

@@ -343,9 +343,10 @@ def test_an_answer_that_is_not_a_json_object_is_transient(payload):
 @pytest.mark.parametrize("payload", [{"access_token": "A", "expires_in": 1e300},
                                      {"access_token": "A", "expires": 10 ** 15},
                                      {"access_token": "A", "refresh_expires_in": 10 ** 12}])
-def test_an_absurd_expiry_is_refused_rather_than_crashing(payload):
-    with pytest.raises(TransientTokenError, match="expiry"):
-        parse(payload, key="retail-x")
+def test_an_absurd_expiry_is_read_as_unknown_and_the_tokens_kept(payload):
+    tokens = parse({**payload, "refresh_token": "R"}, key="retail-x")
+    assert (tokens.access_token, tokens.refresh_token) == ("A", "R")
+    assert tokens.expires_at is None and tokens.refresh_expires_at is None
 
 
 @pytest.mark.parametrize("value", ["soon", -5, 0, "1e400", {"s": 1}])
@@ -438,3 +439,12 @@ def test_a_bad_providers_entry_is_a_configuration_error(path, message):
     assert 'LIGHTSPEED_OAUTH["PROVIDERS"]' in caught.value.message
     assert repr(path) in caught.value.message and message in caught.value.message
 
+
+
+@pytest.mark.parametrize("template", ["https://x.example.com/{a-b}/token", "https://x/{}/t",
+                                      "https://x/{/t", "https://x/{domain_prefix!r}"])
+def test_a_url_with_a_stray_brace_is_refused_clearly(template):
+    with pytest.raises(ConfigurationError, match="brace"):
+        get_provider("custom").fill(template, {"domain_prefix": "shop"})
+    with pytest.raises(ProviderError, match="brace"):
+        get_provider("custom", {"identity_url": template})
