@@ -96,12 +96,42 @@ def refresh(company: ConnectedCompany, *, force: bool = False, within: float | N
     return _refresh(company, force=force, within=within, wait=wait)
 
 
+#: Seconds the own connection waits for a row lock before giving up (see _in_own_connection).
+OWN_CONNECTION_LOCK_WAIT = 2
+
+
+def _bound_lock_waits(alias: str) -> None:
+    """Make this thread's connection give up quickly on a lock instead of waiting for ever."""
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)",
+                           [f"{OWN_CONNECTION_LOCK_WAIT}s"])
+        elif connection.vendor == "mysql":
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = %s",
+                           [OWN_CONNECTION_LOCK_WAIT])
+        elif connection.vendor == "sqlite":
+            cursor.execute(f"PRAGMA busy_timeout = {OWN_CONNECTION_LOCK_WAIT * 1000}")
+
+
 def _in_own_connection(company: ConnectedCompany, **kwargs: Any) -> RefreshResult:
     box: dict[str, Any] = {}
+    alias = router.db_for_write(ConnectedCompany, instance=company)
 
     def work() -> None:
         try:
+            _bound_lock_waits(alias)
             box["result"] = _refresh(company, **kwargs)
+        except DatabaseError:
+            # Most likely the caller's own transaction holds the company's row (or, on SQLite, the
+            # database's write lock): waiting longer would wait for ever.
+            logger.warning("Refresh of company %s inside a transaction could not take its lock",
+                           company.pk)
+            box["error"] = RefreshFailed(
+                f"Company {company.company_id} could not be refreshed from inside a transaction "
+                "that has written to the database (it would wait for its own lock): get the "
+                "access token before the transaction, or outside it."
+            )
         except BaseException as err:  # re-raised in the caller's thread
             box["error"] = err
         finally:

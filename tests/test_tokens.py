@@ -294,3 +294,18 @@ def test_an_over_long_scope_or_token_type_does_not_block_storing_new_tokens(mock
     assert company.refresh() == "refreshed"
     stored = ConnectedCompany.objects.get(pk=company.pk)
     assert stored.refresh_token == "R2" and len(stored.granted_scopes) == 1000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_refreshing_inside_a_transaction_that_holds_the_row_fails_clearly_without_a_request(
+    settings,
+):
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "LOCK_TIMEOUT": 4}
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        with pytest.raises(RefreshFailed, match="inside a transaction"):
+            with transaction.atomic():
+                ConnectedCompany.objects.filter(pk=company.pk).update(name="held")
+                company.get_access_token()
+    assert fake.refresh_count == 0
+    assert ConnectedCompany.objects.get(pk=company.pk).refresh_lock_id == ""
