@@ -65,8 +65,21 @@ class ApiClientAdminForm(forms.ModelForm):
             raise forms.ValidationError(_("The secret cannot contain control characters."))
         return secret
 
+    #: Fields that decide where the secret and every company's refresh token are sent.
+    DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url",
+                          "provider_options")
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
+        # Compared with the stored values (the instance is updated only after clean()).
+        changed = [name for name in self.DESTINATION_FIELDS
+                   if name in cleaned and cleaned[name] != getattr(self.instance, name)]
+        if changed and not self.instance._state.adding and not cleaned.get("client_secret"):
+            # Otherwise anyone allowed to edit the client could send its write-only secret, and
+            # all its companies' refresh tokens, to a server of their choosing.
+            self.add_error("client_secret", _(
+                "Enter the client secret again to change where it is sent (%(fields)s)."
+            ) % {"fields": ", ".join(str(self.fields[name].label) for name in changed)})
         if "provider_options" in cleaned:
             errors = self.provider_options_errors(cleaned.get("provider"),
                                                   cleaned["provider_options"])

@@ -211,7 +211,8 @@ def test_model_clean_runs_for_a_custom_provider_without_urls(admin_client, secre
 
 def test_valid_provider_options_are_saved(admin_client, secret_client):
     response = admin_client.post(change_url(secret_client), client_form_data(
-        secret_client, provider_options='{"token_auth": "body", "state_length": 20}'))
+        secret_client, provider_options='{"token_auth": "body", "state_length": 20}',
+        client_secret=CLIENT_SECRET))
 
     assert response.status_code == 302
     secret_client.refresh_from_db()
@@ -627,3 +628,25 @@ def test_a_token_url_with_a_stray_brace_is_refused_by_the_model():
     with pytest.raises(ValidationError) as caught:
         client.full_clean()
     assert "token_url" in caught.value.message_dict
+
+
+@pytest.mark.parametrize("field,value", [
+    ("token_url", "https://collector.example.net/token"),
+    ("authorize_url", "https://collector.example.net/authorize"),
+    ("environment", "production"),
+    ("provider", "o-series"),
+    ("provider_options", '{"api_base_url": "https://collector.example.net"}'),
+])
+def test_changing_where_the_secret_is_sent_requires_entering_it_again(
+    admin_client, secret_client, field, value
+):
+    response = admin_client.post(change_url(secret_client),
+                                 client_form_data(secret_client, **{field: value}))
+    assert response.status_code == 200
+    assert "Enter the client secret again" in response.content.decode()
+    stored = ApiClient.objects.get(pk=secret_client.pk)
+    assert getattr(stored, field) == getattr(secret_client, field)
+
+    response = admin_client.post(change_url(secret_client), client_form_data(
+        secret_client, client_secret=CLIENT_SECRET, **{field: value}))
+    assert response.status_code == 302
