@@ -143,7 +143,7 @@ class ConnectView(FlowViewMixin, View):
     def get(self, request: HttpRequest, slug: str) -> HttpResponse:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
-        if not request.user.has_perm(app_settings.CONNECT_PERMISSION):
+        if not (request.user.is_staff and request.user.has_perm(app_settings.CONNECT_PERMISSION)):
             return self.flow_failed(request, FlowError(
                 "Permission denied", "You are not allowed to connect Lightspeed companies.",
                 status=403, reason="forbidden"))

@@ -427,6 +427,17 @@ def test_connect_refuses_a_user_without_the_permission(client, api_client, djang
     assert not AuthorizationRequest.objects.exists()
 
 
+def test_connect_refuses_a_user_with_the_permission_who_is_not_staff(client, api_client,
+                                                                    django_user_model):
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("merchant", password="pw", is_staff=False)
+    user.user_permissions.add(Permission.objects.get(codename="add_connectedcompany"))
+    client.force_login(user)
+    response = client.get("/lightspeed/connect/kseries/")
+    assert_error_page(response, 403, "forbidden", "not allowed to connect")
+
+
 @lightspeed_settings(CONNECT_PERMISSION="auth.view_user")
 def test_connect_permission_follows_the_setting(staff_client, api_client):
     response = staff_client.get("/lightspeed/connect/kseries/")
