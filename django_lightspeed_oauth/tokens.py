@@ -197,9 +197,15 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
         def take_lock() -> int:
             # The lease starts when the statement runs, not before a retry's wait.
             start = timezone.now()
-            return manager.filter(pk=company.pk, token_version=company.token_version).filter(
-                _lock_free(start)).update(
-                refresh_lock_id=lock_id, refresh_lock_until=start + timedelta(seconds=lock_timeout))
+            query = manager.filter(pk=company.pk, token_version=company.token_version).filter(
+                _lock_free(start))
+            if not force:
+                # The back-off is part of the condition: a failure recorded (and the lock
+                # released) since we read the row must stop us too.
+                query = query.filter(Q(next_attempt_at__isnull=True)
+                                     | Q(next_attempt_at__lte=start))
+            return query.update(refresh_lock_id=lock_id,
+                                refresh_lock_until=start + timedelta(seconds=lock_timeout))
 
         taken = _retrying(take_lock, seconds=lock_timeout / 2, what="taking the refresh lock",
                           company_pk=company.pk)

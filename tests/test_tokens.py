@@ -309,3 +309,15 @@ def test_refreshing_inside_a_transaction_that_holds_the_row_fails_clearly_withou
                 company.get_access_token()
     assert fake.refresh_count == 0
     assert ConnectedCompany.objects.get(pk=company.pk).refresh_lock_id == ""
+
+
+def test_a_failure_recorded_after_we_read_the_row_still_stops_our_attempt(monkeypatch):
+    company = make_company(expires_in=120)
+    stale = ConnectedCompany.objects.get(pk=company.pk)  # read before the failure below
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with(503)
+        assert company.refresh() == "failed"  # records next_attempt_at, releases the lock
+        fake.fail_with(None)
+        assert stale.next_attempt_at is None
+        assert stale.refresh() == "failed"
+    assert len(fake.requests) == 1
