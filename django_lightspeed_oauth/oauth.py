@@ -246,12 +246,6 @@ def _content_type(response: requests.Response) -> str:
     return (response.headers.get("Content-Type") or "no content type").split(";")[0]
 
 
-def token_url(
-    provider: Provider, environment: str, override: str, context: Mapping[str, str]
-) -> str:
-    return provider.endpoint("token", environment, override, context)
-
-
 def exchange_code(
     provider: Provider,
     *,

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
@@ -441,9 +441,20 @@ class CompanySession(requests.Session):
         self.headers["Accept"] = "application/json"
         self.default_timeout = oauth._timeout()
 
+    def resolve(self, url: str) -> str:
+        """The absolute URL for ``url``; refuses another host, which must never see the token."""
+        url = str(url)
+        if "://" not in url:
+            return urljoin(self.base_url.rstrip("/") + "/", url.lstrip("/"))
+        if urlsplit(url)[:2] != urlsplit(self.base_url)[:2]:
+            raise ValueError(
+                f"api_session() sends the company's token only to {self.base_url}; "
+                "use a plain requests session for other hosts."
+            )
+        return url
+
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
-        url = urljoin(self.base_url.rstrip("/") + "/", str(url).lstrip("/")) if "://" not in str(
-            url) else url
+        url = self.resolve(url)
         kwargs.setdefault("timeout", self.default_timeout)
         headers = dict(kwargs.pop("headers", None) or {})
         version = self.company.token_version

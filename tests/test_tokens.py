@@ -321,3 +321,16 @@ def test_a_failure_recorded_after_we_read_the_row_still_stops_our_attempt(monkey
         assert stale.next_attempt_at is None
         assert stale.refresh() == "failed"
     assert len(fake.requests) == 1
+
+
+def test_api_session_never_sends_the_token_to_another_host(mocked):
+    company = make_company(expires_in=3600)
+    session = company.api_session()
+    with pytest.raises(ValueError, match="only to https://api.trial.lsk.lightspeed.app"):
+        session.get("https://collector.example.net/f/data/businesses")
+    with pytest.raises(ValueError):
+        session.get("http://api.trial.lsk.lightspeed.app/f/data/businesses")  # not https
+    assert not mocked.calls
+    url = "https://api.trial.lsk.lightspeed.app/f/data/businesses?page=2"
+    mocked.add(responses.GET, url, json=[])
+    assert session.get(url).json() == []
