@@ -17,7 +17,7 @@ import itertools
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -68,7 +68,6 @@ def make_company(client: ApiClient | None = None, *, expires_in: float = 3600,
 
 @dataclass
 class _Family:
-    refresh_tokens: set[str] = field(default_factory=set)
     current: str = ""
     revoked: bool = False
 
@@ -162,7 +161,7 @@ class FakeTokenEndpoint:
     def _refresh(self, token: str) -> tuple[int, dict[str, str], str]:
         family = self._families.get(token)
         if family is None:
-            family = _Family(refresh_tokens={token}, current=token)
+            family = _Family(current=token)
             self._families[token] = family
         if family.revoked or token != family.current:
             family.revoked = True
@@ -177,7 +176,6 @@ class FakeTokenEndpoint:
                                    "expires_in": self.expires_in, "scope": self.client.scopes}
         if self.rotate or not family.current:
             refresh = f"fake-refresh-{secrets.token_urlsafe(12)}"
-            family.refresh_tokens.add(refresh)
             family.current = refresh
             self._families[refresh] = family
             payload["refresh_token"] = refresh
