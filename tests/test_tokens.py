@@ -105,7 +105,7 @@ def test_invalid_grant_means_reauthorization_and_no_more_attempts(received, erro
     assert len(received["reauthorization_required"]) == 1
 
 
-def test_reused_refresh_token_is_reported_as_reauthorization_required():
+def test_a_stale_copy_never_spends_the_rotated_away_refresh_token():
     company = make_company(expires_in=60)
     stale = ConnectedCompany.objects.get(pk=company.pk)
     with FakeTokenEndpoint(company.client) as fake:
