@@ -52,21 +52,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="companies to refresh (default 5000)")
     parser.add_argument("--workers", type=int, default=16, help="worker threads (default 16)")
-    parser.add_argument("--latency-ms", type=float, default=50.0,
-                        help="token server latency per request (default 50)")
-    parser.add_argument("--database-url", default="",
-                        help="default: a temporary SQLite file; a PostgreSQL or MySQL database "
-                             "named here is DROPPED and created again")
-    parser.add_argument("--baseline-n", type=int, default=None,
-                        help="tokens for the sequential baseline (default: all N; 0: skip)")
-    parser.add_argument("--sqlite-journal", choices=["wal", "delete"], default="wal",
-                        help="SQLite only: WAL with synchronous=NORMAL (what README.rst recommends "
-                             "for several workers; default) or SQLite's own rollback journal")
+    parser.add_argument(
+        "--latency-ms", type=float, default=50.0, help="token server latency per request (default 50)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="default: a temporary SQLite file; a PostgreSQL or MySQL database "
+        "named here is DROPPED and created again",
+    )
+    parser.add_argument(
+        "--baseline-n",
+        type=int,
+        default=None,
+        help="tokens for the sequential baseline (default: all N; 0: skip)",
+    )
+    parser.add_argument(
+        "--sqlite-journal",
+        choices=["wal", "delete"],
+        default="wal",
+        help="SQLite only: WAL with synchronous=NORMAL (what README.rst recommends "
+        "for several workers; default) or SQLite's own rollback journal",
+    )
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     return parser.parse_args(argv)
 
 
 # Database ------------------------------------------------------------------------------------------
+
 
 def configure(database_url: str) -> dict:
     import dj_database_url
@@ -80,8 +93,7 @@ def configure(database_url: str) -> dict:
         SECRET_KEY="benchmark-only",
         USE_TZ=True,
         DATABASES={"default": database},
-        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes",
-                        "django_lightspeed_oauth"],
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django_lightspeed_oauth"],
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         LIGHTSPEED_OAUTH={"ENCRYPTION_KEYS": ["p2Z3v8cJ3QkzJ1l0bDq0H6mVd1J8g3rX9c6sQ4uYw2A="]},
         LOGGING_CONFIG=None,
@@ -112,20 +124,26 @@ def recreate_database(database: dict, drop_only: bool = False) -> None:
     if engine.endswith("postgresql"):
         import psycopg
 
-        with psycopg.connect(dbname="postgres", user=database.get("USER") or None,
-                             password=database.get("PASSWORD") or None,
-                             host=database.get("HOST") or None,
-                             port=database.get("PORT") or None, autocommit=True) as conn:
+        with psycopg.connect(
+            dbname="postgres",
+            user=database.get("USER") or None,
+            password=database.get("PASSWORD") or None,
+            host=database.get("HOST") or None,
+            port=database.get("PORT") or None,
+            autocommit=True,
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             if not drop_only:
                 conn.execute(f'CREATE DATABASE "{name}"')
     elif engine.endswith("mysql"):
         import MySQLdb
 
-        conn = MySQLdb.connect(user=database.get("USER") or "root",
-                               password=database.get("PASSWORD") or "",
-                               host=database.get("HOST") or "127.0.0.1",
-                               port=int(database.get("PORT") or 3306))
+        conn = MySQLdb.connect(
+            user=database.get("USER") or "root",
+            password=database.get("PASSWORD") or "",
+            host=database.get("HOST") or "127.0.0.1",
+            port=int(database.get("PORT") or 3306),
+        )
         cursor = conn.cursor()
         cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
         if not drop_only:
@@ -145,26 +163,41 @@ def populate(n: int, token_url: str) -> None:
 
     call_command("migrate", verbosity=0)
     base = token_url.rsplit("/oauth/token", 1)[0]
-    client = ApiClient(name="Benchmark", slug="benchmark", provider="custom", environment="production",
-                       client_id="bench-client", client_secret="bench-secret-" + secrets.token_hex(8),
-                       redirect_uri="https://bench.example.com/lightspeed/callback/",
-                       scopes="", authorize_url=base + "/authorize", token_url=token_url,
-                       provider_options={"token_auth": "body", "token_params": "form"})
+    client = ApiClient(
+        name="Benchmark",
+        slug="benchmark",
+        provider="custom",
+        environment="production",
+        client_id="bench-client",
+        client_secret="bench-secret-" + secrets.token_hex(8),
+        redirect_uri="https://bench.example.com/lightspeed/callback/",
+        scopes="",
+        authorize_url=base + "/authorize",
+        token_url=token_url,
+        provider_options={"token_auth": "body", "token_params": "form"},
+    )
     client.full_clean()
     client.save()
     expires = timezone.now() + timedelta(seconds=60)
     for start in range(0, n, BATCH):
-        ConnectedCompany.objects.bulk_create([
-            ConnectedCompany(client=client, company_id=str(100_000 + i), name=f"Company {i}",
-                             access_token="bench-access-" + secrets.token_urlsafe(16),
-                             refresh_token="bench-refresh-" + secrets.token_urlsafe(16),
-                             expires_at=expires)
-            for i in range(start, min(n, start + BATCH))
-        ])
+        ConnectedCompany.objects.bulk_create(
+            [
+                ConnectedCompany(
+                    client=client,
+                    company_id=str(100_000 + i),
+                    name=f"Company {i}",
+                    access_token="bench-access-" + secrets.token_urlsafe(16),
+                    refresh_token="bench-refresh-" + secrets.token_urlsafe(16),
+                    expires_at=expires,
+                )
+                for i in range(start, min(n, start + BATCH))
+            ]
+        )
     connections.close_all()
 
 
 # Counting queries ----------------------------------------------------------------------------------
+
 
 class QueryCounter:
     """An execute_wrapper put on every database connection as it opens, in every thread."""
@@ -199,11 +232,21 @@ def rss_mb() -> float:
 
 # Token server --------------------------------------------------------------------------------------
 
+
 def start_token_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "django_lightspeed_oauth.tokenserver", "--port", "0",
-         "--latency-ms", str(latency_ms)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "django_lightspeed_oauth.tokenserver",
+            "--port",
+            "0",
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     url = proc.stdout.readline().strip()
@@ -220,6 +263,7 @@ def server_stats(url: str) -> dict:
 
 
 # The two runs --------------------------------------------------------------------------------------
+
 
 def run_ours(workers: int, counter: QueryCounter) -> tuple[float, object]:
     from django_lightspeed_oauth.refreshing import refresh_due
@@ -240,13 +284,19 @@ def run_baseline(token_url: str, limit: int) -> tuple[float, int]:
     os.environ.setdefault("OAUTHLIB_INSECURE_TRANSPORT", "1")  # the local server is plain http
     os.environ.setdefault("OAUTHLIB_RELAX_TOKEN_SCOPE", "1")
     client = ApiClient.objects.get(slug="benchmark")
-    refresh_tokens = [c.refresh_token for c in
-                      ConnectedCompany.objects.order_by("pk").only("refresh_token")[:limit]]
+    refresh_tokens = [
+        c.refresh_token for c in ConnectedCompany.objects.order_by("pk").only("refresh_token")[:limit]
+    ]
     session = OAuth2Session(client.client_id)
     started = time.perf_counter()
     for token in refresh_tokens:
-        session.refresh_token(token_url, refresh_token=token, client_id=client.client_id,
-                              client_secret=client.client_secret, timeout=30)
+        session.refresh_token(
+            token_url,
+            refresh_token=token,
+            client_id=client.client_id,
+            client_secret=client.client_secret,
+            timeout=30,
+        )
     return time.perf_counter() - started, len(refresh_tokens)
 
 
@@ -267,15 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recreate_database(database)
         # Set-up in a forked child: its memory must not count in our peak RSS.
-        child = multiprocessing.get_context("fork").Process(target=populate,
-                                                           args=(args.n, token_url))
+        child = multiprocessing.get_context("fork").Process(target=populate, args=(args.n, token_url))
         started = time.perf_counter()
         child.start()
         child.join()
         if child.exitcode != 0:
             raise SystemExit("set-up failed")
-        print(f"set-up: {args.n} companies on {vendor} in {time.perf_counter() - started:.1f}s",
-              flush=True)
+        print(f"set-up: {args.n} companies on {vendor} in {time.perf_counter() - started:.1f}s", flush=True)
 
         counter = QueryCounter()
         counter.install()
@@ -289,13 +337,19 @@ def main(argv: list[str] | None = None) -> int:
         efficiency = ideal / wall
         refreshed = summary.refreshed
         qpr = queries / max(1, refreshed)
-        print(f"ours: {refreshed}/{args.n} refreshed (fresh {summary.fresh}, busy {summary.busy}, "
-              f"failed {summary.failed}, reauth {summary.reauthorization_required}) "
-              f"with {args.workers} workers in {wall:.2f}s = {refreshed / wall:.1f} refreshes/s; "
-              f"ideal {ideal:.2f}s; {queries} queries; RSS {rss_before:.1f} MB before, "
-              f"{peak:.1f} MB peak", flush=True)
-        print(f"token server: {stats['refreshes']} refreshes, {stats['invalid_grants']} "
-              f"invalid_grant, max {stats['max_in_flight']} in flight", flush=True)
+        print(
+            f"ours: {refreshed}/{args.n} refreshed (fresh {summary.fresh}, busy {summary.busy}, "
+            f"failed {summary.failed}, reauth {summary.reauthorization_required}) "
+            f"with {args.workers} workers in {wall:.2f}s = {refreshed / wall:.1f} refreshes/s; "
+            f"ideal {ideal:.2f}s; {queries} queries; RSS {rss_before:.1f} MB before, "
+            f"{peak:.1f} MB peak",
+            flush=True,
+        )
+        print(
+            f"token server: {stats['refreshes']} refreshes, {stats['invalid_grants']} "
+            f"invalid_grant, max {stats['max_in_flight']} in flight",
+            flush=True,
+        )
         if stats["invalid_grants"] or refreshed != args.n or stats["refreshes"] != refreshed:
             print("WARNING: not every company was refreshed exactly once", flush=True)
             for problem in summary.problems[:10]:
@@ -308,10 +362,16 @@ def main(argv: list[str] | None = None) -> int:
             ours_rate = refreshed / wall
             base_rate = base_n / base_wall
             ratio = ours_rate / base_rate
-            print(f"baseline: {base_n} sequential OAuth2Session.refresh_token calls in "
-                  f"{base_wall:.2f}s = {base_rate:.1f} refreshes/s", flush=True)
-        print(f"efficiency={efficiency:.2f} queries_per_refresh={qpr:.2f} "
-              f"peak_rss_mb={peak:.1f} baseline_ratio={ratio:.2f}", flush=True)
+            print(
+                f"baseline: {base_n} sequential OAuth2Session.refresh_token calls in "
+                f"{base_wall:.2f}s = {base_rate:.1f} refreshes/s",
+                flush=True,
+            )
+        print(
+            f"efficiency={efficiency:.2f} queries_per_refresh={qpr:.2f} "
+            f"peak_rss_mb={peak:.1f} baseline_ratio={ratio:.2f}",
+            flush=True,
+        )
     finally:
         from django.db import connections
 

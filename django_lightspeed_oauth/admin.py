@@ -33,8 +33,13 @@ from .forms import ApiClientAdminForm, InvitationForm
 from .models import ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from .providers import provider_choices, provider_classes
 
-__all__ = ["ApiClientAdmin", "ConnectedCompanyAdmin", "AuthorizationRequestAdmin",
-           "TokenEventAdmin", "humanize_expiry"]
+__all__ = [
+    "ApiClientAdmin",
+    "ConnectedCompanyAdmin",
+    "AuthorizationRequestAdmin",
+    "TokenEventAdmin",
+    "humanize_expiry",
+]
 
 Status = ConnectedCompany.Status
 
@@ -101,25 +106,45 @@ class ProviderFilter(admin.SimpleListFilter):
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
     form = ApiClientAdminForm
-    list_display = ["name", "provider_name", "environment", "client_id", "connected_count",
-                    "active_count", "failing_count", "reauthorization_count", "is_active"]
+    list_display = [
+        "name",
+        "provider_name",
+        "environment",
+        "client_id",
+        "connected_count",
+        "active_count",
+        "failing_count",
+        "reauthorization_count",
+        "is_active",
+    ]
     list_filter = [ProviderFilter, "environment", "is_active"]
     search_fields = ["name", "slug", "client_id"]
     prepopulated_fields = {"slug": ["name"]}
     if django.VERSION >= (5, 0):
         # Redirect URIs are https; say so before Django 6 makes it the default.
         formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    readonly_fields = ["client_secret_fingerprint", "redirect_uri_to_register", "provider_notes",
-                       "created_at", "updated_at"]
+    readonly_fields = [
+        "client_secret_fingerprint",
+        "redirect_uri_to_register",
+        "provider_notes",
+        "created_at",
+        "updated_at",
+    ]
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiClient | None = None) -> list:
-        credentials = ["client_id", "client_secret", "client_secret_fingerprint", "redirect_uri",
-                       "redirect_uri_to_register"]
+        credentials = [
+            "client_id",
+            "client_secret",
+            "client_secret_fingerprint",
+            "redirect_uri",
+            "redirect_uri_to_register",
+        ]
         provider = ["scopes", "authorize_url", "token_url", "provider_options", "provider_notes"]
         if obj is None:
             # Nothing stored yet: no fingerprint, and redirect_uri starts as the callback URL.
-            credentials = [f for f in credentials
-                           if f not in ("client_secret_fingerprint", "redirect_uri_to_register")]
+            credentials = [
+                f for f in credentials if f not in ("client_secret_fingerprint", "redirect_uri_to_register")
+            ]
             provider.remove("provider_notes")
         elif not self.has_change_permission(request, obj):
             # View-only pages show every field read-only, reading it from the model: the
@@ -131,16 +156,17 @@ class ApiClientAdmin(admin.ModelAdmin):
             (_("Scopes and endpoints"), {"fields": provider}),
         ]
         if obj is not None:
-            fieldsets.append((_("History"), {"fields": ["created_at", "updated_at"],
-                                             "classes": ["collapse"]}))
+            fieldsets.append(
+                (_("History"), {"fields": ["created_at", "updated_at"], "classes": ["collapse"]})
+            )
         return fieldsets
 
-    def get_form(self, request: HttpRequest, obj: ApiClient | None = None, change: bool = False,
-                 **kwargs: Any):
+    def get_form(
+        self, request: HttpRequest, obj: ApiClient | None = None, change: bool = False, **kwargs: Any
+    ):
         fields = kwargs.get("fields")
         if fields is None:
-            fields = [f for _name, options in self.get_fieldsets(request, obj)
-                      for f in options["fields"]]
+            fields = [f for _name, options in self.get_fieldsets(request, obj) for f in options["fields"]]
         # client_secret is a form-only field: the model field is not editable, by design.
         kwargs["fields"] = [f for f in fields if f != "client_secret"]
         return super().get_form(request, obj, change, **kwargs)
@@ -158,12 +184,17 @@ class ApiClientAdmin(admin.ModelAdmin):
         return obj
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiClient]:
-        return super().get_queryset(request).annotate(
-            connected_count=Count("companies", filter=~Q(companies__status=Status.DISCONNECTED)),
-            active_count=Count("companies", filter=Q(companies__status=Status.ACTIVE)),
-            failing_count=Count("companies", filter=Q(companies__status=Status.FAILING)),
-            reauthorization_count=Count(
-                "companies", filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                connected_count=Count("companies", filter=~Q(companies__status=Status.DISCONNECTED)),
+                active_count=Count("companies", filter=Q(companies__status=Status.ACTIVE)),
+                failing_count=Count("companies", filter=Q(companies__status=Status.FAILING)),
+                reauthorization_count=Count(
+                    "companies", filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)
+                ),
+            )
         )
 
     # Columns ------------------------------------------------------------------------------
@@ -194,11 +225,9 @@ class ApiClientAdmin(admin.ModelAdmin):
     def failing_count(self, obj: ApiClient) -> str:
         return self._companies_link(obj, obj.failing_count, Status.FAILING)
 
-    @admin.display(description=_("re-authorization required"),
-                   ordering="reauthorization_count")
+    @admin.display(description=_("re-authorization required"), ordering="reauthorization_count")
     def reauthorization_count(self, obj: ApiClient) -> str:
-        return self._companies_link(obj, obj.reauthorization_count,
-                                    Status.REAUTHORIZATION_REQUIRED)
+        return self._companies_link(obj, obj.reauthorization_count, Status.REAUTHORIZATION_REQUIRED)
 
     # Read-only fields -----------------------------------------------------------------------
 
@@ -211,13 +240,16 @@ class ApiClientAdmin(admin.ModelAdmin):
         url = getattr(obj, "_admin_callback_url", "") or reverse("lightspeed_oauth:callback")
         hint = ""
         if obj.redirect_uri and obj.redirect_uri != url:
-            hint = _("The redirect URI above is different: Lightspeed sends merchants back only "
-                     "to the exact URI registered.")
+            hint = _(
+                "The redirect URI above is different: Lightspeed sends merchants back only "
+                "to the exact URI registered."
+            )
         return format_html(
             '<input type="text" id="redirect-uri-to-register" class="vTextField" readonly '
             'value="{}" onfocus="this.select()"><div class="help">{}</div>'
             '<div class="help">{}</div>',
-            url, _("This site's callback URL: register it with Lightspeed for this client."),
+            url,
+            _("This site's callback URL: register it with Lightspeed for this client."),
             hint,
         )
 
@@ -231,13 +263,20 @@ class ApiClientAdmin(admin.ModelAdmin):
     def get_urls(self) -> list:
         info = self.opts.app_label, self.opts.model_name
         return [
-            path("<path:object_id>/invitation/",
-                 self.admin_site.admin_view(self.invitation_view),
-                 name="%s_%s_invitation" % info),
+            path(
+                "<path:object_id>/invitation/",
+                self.admin_site.admin_view(self.invitation_view),
+                name="%s_%s_invitation" % info,
+            ),
         ] + super().get_urls()
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         extra_context = {**(extra_context or {}), "can_connect": _can_connect(request)}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -253,11 +292,14 @@ class ApiClientAdmin(admin.ModelAdmin):
             form = InvitationForm(request.POST)
             if form.is_valid():
                 if not client.is_active:
-                    form.add_error(None, _("This API client is not active: activate it first, "
-                                           "or the link will not work."))
+                    form.add_error(
+                        None,
+                        _("This API client is not active: activate it first, or the link will not work."),
+                    )
                 else:
                     invitation_url = client.invitation_url(
-                        reference=form.cleaned_data["reference"], max_age=form.max_age)
+                        reference=form.cleaned_data["reference"], max_age=form.max_age
+                    )
                     if "://" not in invitation_url:
                         invitation_url = request.build_absolute_uri(invitation_url)
                     expires_at = timezone.now() + timedelta(seconds=form.max_age)
@@ -275,8 +317,7 @@ class ApiClientAdmin(admin.ModelAdmin):
             "has_view_permission": self.has_view_permission(request, client),
             "has_change_permission": self.has_change_permission(request, client),
         }
-        return TemplateResponse(request, "admin/lightspeed_oauth/apiclient/invitation.html",
-                                context)
+        return TemplateResponse(request, "admin/lightspeed_oauth/apiclient/invitation.html", context)
 
 
 # Connected companies --------------------------------------------------------------------------
@@ -321,8 +362,15 @@ class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
 
 @admin.register(ConnectedCompany)
 class ConnectedCompanyAdmin(admin.ModelAdmin):
-    list_display = ["name", "company_id", "client", "status_badge", "expires_in",
-                    "last_refreshed_at", "failure_count"]
+    list_display = [
+        "name",
+        "company_id",
+        "client",
+        "status_badge",
+        "expires_in",
+        "last_refreshed_at",
+        "failure_count",
+    ]
     list_display_links = ["name", "company_id"]
     list_filter = ["client", "status"]
     search_fields = ["name", "company_id", "reference"]
@@ -331,21 +379,58 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
     actions = ["refresh_now", "disconnect"]
     inlines = [TokenEventInline]
     fieldsets = [
-        (None, {"fields": ["name", "reference", "client", "company_id", "status_badge",
-                           "connected_at", "connected_by"]}),
-        (_("Tokens"), {"fields": ["access_token_fingerprint", "refresh_token_fingerprint",
-                                  "token_type", "granted_scopes", "expires_at", "expires_in",
-                                  "refresh_expires_at", "last_refreshed_at"]}),
-        (_("Health"), {"fields": ["failure_count", "last_error", "next_attempt_at",
-                                  "token_events_link"]}),
-        (_("Details"), {"fields": ["details", "created_at", "updated_at"],
-                        "classes": ["collapse"]}),
+        (
+            None,
+            {
+                "fields": [
+                    "name",
+                    "reference",
+                    "client",
+                    "company_id",
+                    "status_badge",
+                    "connected_at",
+                    "connected_by",
+                ]
+            },
+        ),
+        (
+            _("Tokens"),
+            {
+                "fields": [
+                    "access_token_fingerprint",
+                    "refresh_token_fingerprint",
+                    "token_type",
+                    "granted_scopes",
+                    "expires_at",
+                    "expires_in",
+                    "refresh_expires_at",
+                    "last_refreshed_at",
+                ]
+            },
+        ),
+        (_("Health"), {"fields": ["failure_count", "last_error", "next_attempt_at", "token_events_link"]}),
+        (_("Details"), {"fields": ["details", "created_at", "updated_at"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "client", "company_id", "status_badge", "connected_at", "connected_by",
-        "access_token_fingerprint", "refresh_token_fingerprint", "token_type", "granted_scopes",
-        "expires_at", "expires_in", "refresh_expires_at", "last_refreshed_at", "failure_count",
-        "last_error", "next_attempt_at", "token_events_link", "details", "created_at",
+        "client",
+        "company_id",
+        "status_badge",
+        "connected_at",
+        "connected_by",
+        "access_token_fingerprint",
+        "refresh_token_fingerprint",
+        "token_type",
+        "granted_scopes",
+        "expires_at",
+        "expires_in",
+        "refresh_expires_at",
+        "last_refreshed_at",
+        "failure_count",
+        "last_error",
+        "next_attempt_at",
+        "token_events_link",
+        "details",
+        "created_at",
         "updated_at",
     ]
 
@@ -357,8 +442,9 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: ConnectedCompany) -> str:
-        return format_html('<span class="ls-status ls-status-{}">{}</span>', obj.status,
-                           obj.get_status_display())
+        return format_html(
+            '<span class="ls-status ls-status-{}">{}</span>', obj.status, obj.get_status_display()
+        )
 
     @admin.display(description=_("Expires in"), ordering="expires_at")
     def expires_in(self, obj: ConnectedCompany) -> str:
@@ -380,9 +466,12 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
         if obj.pk is None:
             return ""
         url = reverse("admin:lightspeed_oauth_tokenevent_changelist")
-        return format_html('<a href="{}?{}">{}</a>', url,
-                           urlencode({"company__id__exact": obj.pk}),
-                           _("All token events of this company"))
+        return format_html(
+            '<a href="{}?{}">{}</a>',
+            url,
+            urlencode({"company__id__exact": obj.pk}),
+            _("All token events of this company"),
+        )
 
     # Actions --------------------------------------------------------------------------------
 
@@ -392,38 +481,56 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
             try:
                 result = tokens.refresh(company, force=True)
             except LightspeedOAuthError as err:
-                self.message_user(request, _("%(company)s: not refreshed: %(reason)s") % {
-                    "company": company, "reason": err.message}, messages.ERROR)
+                self.message_user(
+                    request,
+                    _("%(company)s: not refreshed: %(reason)s") % {"company": company, "reason": err.message},
+                    messages.ERROR,
+                )
                 continue
             self._report_refresh(request, result)
 
     def _report_refresh(self, request: HttpRequest, result: tokens.RefreshResult) -> None:
         company = result.company
-        values = {"company": company, "expiry": humanize_expiry(company.expires_at) or "-",
-                  "reason": company.last_error or _("unknown error")}
+        values = {
+            "company": company,
+            "expiry": humanize_expiry(company.expires_at) or "-",
+            "reason": company.last_error or _("unknown error"),
+        }
         if result.outcome == tokens.REFRESHED:
-            self.message_user(request, _("%(company)s: refreshed; the access token expires "
-                                         "%(expiry)s.") % values, messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(company)s: refreshed; the access token expires %(expiry)s.") % values,
+                messages.SUCCESS,
+            )
         elif result.outcome == tokens.FRESH:
-            self.message_user(request, _("%(company)s: refreshed by another process meanwhile; "
-                                         "the access token expires %(expiry)s.") % values,
-                              messages.SUCCESS)
+            self.message_user(
+                request,
+                _("%(company)s: refreshed by another process meanwhile; the access token expires %(expiry)s.")
+                % values,
+                messages.SUCCESS,
+            )
         elif result.outcome == tokens.REAUTHORIZATION_REQUIRED:
-            self.message_user(request, _("%(company)s: needs re-authorization (%(reason)s). "
-                                         "The merchant must connect again.") % values,
-                              messages.ERROR)
+            self.message_user(
+                request,
+                _("%(company)s: needs re-authorization (%(reason)s). The merchant must connect again.")
+                % values,
+                messages.ERROR,
+            )
         else:
             values["next"] = humanize_expiry(company.next_attempt_at) or "-"
-            self.message_user(request, _("%(company)s: refresh failed (%(reason)s); it will be "
-                                         "retried %(next)s.") % values, messages.WARNING)
+            self.message_user(
+                request,
+                _("%(company)s: refresh failed (%(reason)s); it will be retried %(next)s.") % values,
+                messages.WARNING,
+            )
 
     @admin.action(description=_("Disconnect (erase tokens)"), permissions=["change"])
-    def disconnect(self, request: HttpRequest,
-                   queryset: QuerySet[ConnectedCompany]) -> HttpResponse | None:
+    def disconnect(self, request: HttpRequest, queryset: QuerySet[ConnectedCompany]) -> HttpResponse | None:
         companies = list(queryset.select_related("client"))
         if request.POST.get("post") != "yes":
             return TemplateResponse(
-                request, "admin/lightspeed_oauth/connectedcompany/disconnect_confirmation.html",
+                request,
+                "admin/lightspeed_oauth/connectedcompany/disconnect_confirmation.html",
                 {
                     **self.admin_site.each_context(request),
                     "title": _("Disconnect companies?"),
@@ -435,13 +542,20 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
             )
         for company in companies:
             if company.status == Status.DISCONNECTED:
-                self.message_user(request, _("%(company)s: was already disconnected.") % {
-                    "company": company}, messages.INFO)
+                self.message_user(
+                    request, _("%(company)s: was already disconnected.") % {"company": company}, messages.INFO
+                )
                 continue
             tokens.disconnect(company, user=request.user)
-            self.message_user(request, _("%(company)s: disconnected; its tokens are erased and "
-                                         "the merchant must connect again to restore access.")
-                              % {"company": company}, messages.SUCCESS)
+            self.message_user(
+                request,
+                _(
+                    "%(company)s: disconnected; its tokens are erased and "
+                    "the merchant must connect again to restore access."
+                )
+                % {"company": company},
+                messages.SUCCESS,
+            )
         return None
 
 
@@ -454,15 +568,37 @@ class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(AuthorizationRequest)
 class AuthorizationRequestAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "client", "short_state", "created_by", "via_invitation",
-                    "reference", "outcome", "used_at", "expires_at", "company"]
+    list_display = [
+        "created_at",
+        "client",
+        "short_state",
+        "created_by",
+        "via_invitation",
+        "reference",
+        "outcome",
+        "used_at",
+        "expires_at",
+        "company",
+    ]
     list_filter = ["client", "outcome", "via_invitation"]
     search_fields = ["reference", "client__name", "company__name", "company__company_id"]
     date_hierarchy = "created_at"
     list_select_related = ["client", "created_by", "company"]
     # Never state or code_verifier: the state only cut short, the verifier not at all.
-    fields = ["client", "short_state", "created_by", "via_invitation", "reference", "next_url",
-              "created_at", "expires_at", "used_at", "outcome", "error", "company"]
+    fields = [
+        "client",
+        "short_state",
+        "created_by",
+        "via_invitation",
+        "reference",
+        "next_url",
+        "created_at",
+        "expires_at",
+        "used_at",
+        "outcome",
+        "error",
+        "company",
+    ]
     readonly_fields = fields
 
     @admin.display(description=_("state"))

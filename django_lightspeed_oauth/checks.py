@@ -13,8 +13,7 @@ from django.urls import NoReverseMatch, reverse
 from .conf import DEFAULTS, SETTING_NAME, app_settings
 from .exceptions import ConfigurationError
 
-GENERATE_KEY = ("python -c 'from cryptography.fernet import Fernet; "
-                "print(Fernet.generate_key().decode())'")
+GENERATE_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 @register(Tags.security)
@@ -24,21 +23,25 @@ def check_encryption_keys(app_configs=None, **kwargs: Any) -> list:
     if isinstance(keys, str):
         keys = [keys]
     if not keys and not settings.DEBUG:
-        errors.append(Error(
-            f'{SETTING_NAME}["ENCRYPTION_KEYS"] is empty: tokens would be encrypted with a key '
-            "derived from SECRET_KEY.",
-            hint=f"Generate a key with `{GENERATE_KEY}` and list it in ENCRYPTION_KEYS.",
-            id="lightspeed_oauth.E001",
-        ))
+        errors.append(
+            Error(
+                f'{SETTING_NAME}["ENCRYPTION_KEYS"] is empty: tokens would be encrypted with a key '
+                "derived from SECRET_KEY.",
+                hint=f"Generate a key with `{GENERATE_KEY}` and list it in ENCRYPTION_KEYS.",
+                id="lightspeed_oauth.E001",
+            )
+        )
     for position, key in enumerate(keys or []):
         try:
             Fernet(key)
         except (ValueError, TypeError):
-            errors.append(Error(
-                f'{SETTING_NAME}["ENCRYPTION_KEYS"][{position}] is not a valid Fernet key.',
-                hint=f"Keys are 32 url-safe base64-encoded bytes; generate one with `{GENERATE_KEY}`.",
-                id="lightspeed_oauth.E002",
-            ))
+            errors.append(
+                Error(
+                    f'{SETTING_NAME}["ENCRYPTION_KEYS"][{position}] is not a valid Fernet key.',
+                    hint=f"Keys are 32 url-safe base64-encoded bytes; generate one with `{GENERATE_KEY}`.",
+                    id="lightspeed_oauth.E002",
+                )
+            )
     return errors
 
 
@@ -47,40 +50,45 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
     messages: list = []
     unknown = sorted(app_settings.user_keys - set(DEFAULTS))
     if unknown:
-        messages.append(Warning(
-            f"{SETTING_NAME} has unknown keys: {', '.join(unknown)}.",
-            hint=f"Known keys: {', '.join(sorted(DEFAULTS))}. A misspelt key is silently ignored.",
-            id="lightspeed_oauth.W001",
-        ))
+        messages.append(
+            Warning(
+                f"{SETTING_NAME} has unknown keys: {', '.join(unknown)}.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}. A misspelt key is silently ignored.",
+                id="lightspeed_oauth.W001",
+            )
+        )
     from .providers import provider_classes
 
     try:
         provider_classes()
     except ConfigurationError as err:
-        messages.append(Error(err.message, hint="Fix or remove the entry in PROVIDERS.",
-                              id="lightspeed_oauth.E003"))
+        messages.append(
+            Error(err.message, hint="Fix or remove the entry in PROVIDERS.", id="lightspeed_oauth.E003")
+        )
     timeout = app_settings.HTTP_TIMEOUT
     connect, read = (timeout, timeout) if isinstance(timeout, (int, float)) else timeout
     # Up to three connection attempts, then one answer: the lease must outlast all of that.
     longest = 3 * float(connect) + float(read)
     if float(app_settings.LOCK_TIMEOUT) <= longest:
-        messages.append(Error(
-            f'{SETTING_NAME}["LOCK_TIMEOUT"] ({app_settings.LOCK_TIMEOUT}s) is not longer than '
-            f"the longest token request ({longest:g}s with HTTP_TIMEOUT {timeout!r}).",
-            hint="Raise LOCK_TIMEOUT or lower HTTP_TIMEOUT, or a slow refresh could be taken over "
-                 "and its refresh token used twice.",
-            id="lightspeed_oauth.E004",
-        ))
+        messages.append(
+            Error(
+                f'{SETTING_NAME}["LOCK_TIMEOUT"] ({app_settings.LOCK_TIMEOUT}s) is not longer than '
+                f"the longest token request ({longest:g}s with HTTP_TIMEOUT {timeout!r}).",
+                hint="Raise LOCK_TIMEOUT or lower HTTP_TIMEOUT, or a slow refresh could be taken over "
+                "and its refresh token used twice.",
+                id="lightspeed_oauth.E004",
+            )
+        )
     if "django.contrib.sessions" not in settings.INSTALLED_APPS or not any(
         m.endswith("SessionMiddleware") for m in settings.MIDDLEWARE
     ):
-        messages.append(Error(
-            "The authorization flow needs sessions: it binds each flow to the browser that "
-            "started it.",
-            hint="Add django.contrib.sessions to INSTALLED_APPS and SessionMiddleware to "
-                 "MIDDLEWARE.",
-            id="lightspeed_oauth.E005",
-        ))
+        messages.append(
+            Error(
+                "The authorization flow needs sessions: it binds each flow to the browser that started it.",
+                hint="Add django.contrib.sessions to INSTALLED_APPS and SessionMiddleware to MIDDLEWARE.",
+                id="lightspeed_oauth.E005",
+            )
+        )
     return messages
 
 
@@ -89,12 +97,13 @@ def check_callback_url(app_configs=None, **kwargs: Any) -> list:
     try:
         reverse("lightspeed_oauth:callback")
     except NoReverseMatch:
-        return [Error(
-            "The Lightspeed callback URL is not wired: lightspeed_oauth:callback does not resolve.",
-            hint='Add path("lightspeed/", include("django_lightspeed_oauth.urls")) to your '
-                 "ROOT_URLCONF.",
-            id="lightspeed_oauth.E006",
-        )]
+        return [
+            Error(
+                "The Lightspeed callback URL is not wired: lightspeed_oauth:callback does not resolve.",
+                hint='Add path("lightspeed/", include("django_lightspeed_oauth.urls")) to your ROOT_URLCONF.',
+                id="lightspeed_oauth.E006",
+            )
+        ]
     return []
 
 
@@ -108,33 +117,43 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
 
     messages: list = []
     try:
-        clients = list(ApiClient.objects.filter(is_active=True).only(
-            "slug", "provider", "environment", "redirect_uri", "provider_options"))
+        clients = list(
+            ApiClient.objects.filter(is_active=True).only(
+                "slug", "provider", "environment", "redirect_uri", "provider_options"
+            )
+        )
     except DatabaseError:
         return []  # not migrated yet
     known = provider_classes()
     for client in clients:
         if client.provider not in known:
-            messages.append(Error(
-                f"API client {client.slug!r} uses the unknown provider {client.provider!r}.",
-                hint=f"Known providers: {', '.join(known)}; or add its class to PROVIDERS.",
-                obj=client, id="lightspeed_oauth.E007",
-            ))
+            messages.append(
+                Error(
+                    f"API client {client.slug!r} uses the unknown provider {client.provider!r}.",
+                    hint=f"Known providers: {', '.join(known)}; or add its class to PROVIDERS.",
+                    obj=client,
+                    id="lightspeed_oauth.E007",
+                )
+            )
             continue
         try:
             known[client.provider].validate_options(client.provider_options or {})
         except ConfigurationError as err:
-            messages.append(Error(
-                f"API client {client.slug!r}: {err.message}",
-                hint="Fix its provider options in the admin.", obj=client,
-                id="lightspeed_oauth.E008",
-            ))
+            messages.append(
+                Error(
+                    f"API client {client.slug!r}: {err.message}",
+                    hint="Fix its provider options in the admin.",
+                    obj=client,
+                    id="lightspeed_oauth.E008",
+                )
+            )
         if client.environment == "production" and not client.redirect_uri.startswith("https://"):
-            messages.append(Warning(
-                f"API client {client.slug!r} is a production client whose redirect URI is not "
-                "https.",
-                hint="Lightspeed sends the authorization code to this URI: use https in "
-                     "production.",
-                obj=client, id="lightspeed_oauth.W002",
-            ))
+            messages.append(
+                Warning(
+                    f"API client {client.slug!r} is a production client whose redirect URI is not https.",
+                    hint="Lightspeed sends the authorization code to this URI: use https in production.",
+                    obj=client,
+                    id="lightspeed_oauth.W002",
+                )
+            )
     return messages

@@ -29,8 +29,11 @@ def _formfield(db_field: models.Field, **kwargs: Any) -> forms.Field | None:
 class ApiClientAdminForm(forms.ModelForm):
     """An API client whose secret can be replaced but never read back."""
 
-    provider = forms.ChoiceField(label=_("Provider"), choices=provider_choices,
-                                 help_text=_("The Lightspeed OAuth flavour this client speaks."))
+    provider = forms.ChoiceField(
+        label=_("Provider"),
+        choices=provider_choices,
+        help_text=_("The Lightspeed OAuth flavour this client speaks."),
+    )
     # Write-only: the stored secret is never put in the page, not even as a form value.
     client_secret = forms.CharField(
         label=_("Client secret"),
@@ -45,8 +48,17 @@ class ApiClientAdminForm(forms.ModelForm):
         formfield_callback = _formfield
         # client_secret is a declared field: the model field is not editable, on purpose.
         fields = [
-            "name", "slug", "provider", "environment", "client_id", "redirect_uri", "scopes",
-            "authorize_url", "token_url", "provider_options", "is_active",
+            "name",
+            "slug",
+            "provider",
+            "environment",
+            "client_id",
+            "redirect_uri",
+            "scopes",
+            "authorize_url",
+            "token_url",
+            "provider_options",
+            "is_active",
         ]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -66,23 +78,26 @@ class ApiClientAdminForm(forms.ModelForm):
         return secret
 
     #: Fields that decide where the secret and every company's refresh token are sent.
-    DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url",
-                          "provider_options")
+    DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url", "provider_options")
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         # Compared with the stored values (the instance is updated only after clean()).
-        changed = [name for name in self.DESTINATION_FIELDS
-                   if name in cleaned and cleaned[name] != getattr(self.instance, name)]
+        changed = [
+            name
+            for name in self.DESTINATION_FIELDS
+            if name in cleaned and cleaned[name] != getattr(self.instance, name)
+        ]
         if changed and not self.instance._state.adding and not cleaned.get("client_secret"):
             # Otherwise anyone allowed to edit the client could send its write-only secret, and
             # all its companies' refresh tokens, to a server of their choosing.
-            self.add_error("client_secret", _(
-                "Enter the client secret again to change where it is sent (%(fields)s)."
-            ) % {"fields": ", ".join(str(self.fields[name].label) for name in changed)})
+            self.add_error(
+                "client_secret",
+                _("Enter the client secret again to change where it is sent (%(fields)s).")
+                % {"fields": ", ".join(str(self.fields[name].label) for name in changed)},
+            )
         if "provider_options" in cleaned:
-            errors = self.provider_options_errors(cleaned.get("provider"),
-                                                  cleaned["provider_options"])
+            errors = self.provider_options_errors(cleaned.get("provider"), cleaned["provider_options"])
             if errors:
                 self.add_error("provider_options", errors)
         return cleaned
@@ -106,7 +121,7 @@ class ApiClientAdminForm(forms.ModelForm):
             except ProviderError as err:
                 message = err.message
                 if message.startswith(PROVIDER_OPTIONS_PREFIX):
-                    message = message[len(PROVIDER_OPTIONS_PREFIX):]
+                    message = message[len(PROVIDER_OPTIONS_PREFIX) :]
                 if not message.startswith(f"{name}:"):  # keep option names as written
                     message = message[:1].upper() + message[1:]
                 messages.append(message)
@@ -128,11 +143,15 @@ class InvitationForm(forms.Form):
     """What an invitation link carries: an optional reference and how long it stays valid."""
 
     reference = forms.CharField(
-        label=_("Reference"), max_length=255, required=False,
+        label=_("Reference"),
+        max_length=255,
+        required=False,
         help_text=_("Your own label for the company that will connect (kept on the company)."),
     )
     max_age_hours = forms.IntegerField(
-        label=_("Valid for (hours)"), min_value=1, max_value=24 * 366,
+        label=_("Valid for (hours)"),
+        min_value=1,
+        max_value=24 * 366,
         help_text=_("The link stops working after this many hours."),
     )
 
@@ -151,4 +170,3 @@ class InvitationForm(forms.Form):
     def max_age(self) -> int:
         """The lifetime in seconds."""
         return int(self.cleaned_data["max_age_hours"]) * 3600
-

@@ -44,26 +44,44 @@ class ApiClient(models.Model):
         SANDBOX = "sandbox", _("Local sandbox")
 
     name = models.CharField(_("name"), max_length=100)
-    slug = models.SlugField(_("slug"), max_length=100, unique=True,
-                            help_text=_("Part of the connect URL, e.g. connect/my-client/."))
-    provider = models.CharField(_("provider"), max_length=32,
-                                help_text=_("The Lightspeed OAuth flavour this client speaks."))
-    environment = models.CharField(_("environment"), max_length=16, choices=Environment.choices,
-                                   default=Environment.PRODUCTION)
+    slug = models.SlugField(
+        _("slug"),
+        max_length=100,
+        unique=True,
+        help_text=_("Part of the connect URL, e.g. connect/my-client/."),
+    )
+    provider = models.CharField(
+        _("provider"), max_length=32, help_text=_("The Lightspeed OAuth flavour this client speaks.")
+    )
+    environment = models.CharField(
+        _("environment"), max_length=16, choices=Environment.choices, default=Environment.PRODUCTION
+    )
     client_id = models.CharField(_("client id"), max_length=255)
     client_secret = EncryptedTextField(_("client secret"))
     redirect_uri = models.URLField(
-        _("redirect URI"), max_length=500,
+        _("redirect URI"),
+        max_length=500,
         help_text=_("Exactly as registered with Lightspeed: this site's callback URL."),
     )
-    scopes = models.CharField(_("scopes"), max_length=1000, blank=True, default="",
-                              help_text=_("Space-separated, as Lightspeed writes them."))
+    scopes = models.CharField(
+        _("scopes"),
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text=_("Space-separated, as Lightspeed writes them."),
+    )
     authorize_url = models.CharField(
-        _("authorize URL"), max_length=500, blank=True, default="",
+        _("authorize URL"),
+        max_length=500,
+        blank=True,
+        default="",
         help_text=_("Blank: the provider's URL for the environment."),
     )
     token_url = models.CharField(
-        _("token URL"), max_length=500, blank=True, default="",
+        _("token URL"),
+        max_length=500,
+        blank=True,
+        default="",
         help_text=_("Blank: the provider's URL. Placeholders such as {domain_prefix} allowed."),
     )
     provider_options = models.JSONField(_("provider options"), default=dict, blank=True)
@@ -136,8 +154,9 @@ class ApiClient(models.Model):
         if max_age <= 0:
             raise ValueError("max_age must be a positive number of seconds")
         expires = int(timezone.now().timestamp()) + max_age
-        return signing.dumps({"c": self.pk, "r": reference, "e": expires}, salt=INVITATION_SALT,
-                             compress=True)
+        return signing.dumps(
+            {"c": self.pk, "r": reference, "e": expires}, salt=INVITATION_SALT, compress=True
+        )
 
     def invitation_url(self, *, reference: str = "", max_age: int | None = None) -> str:
         """A link a merchant can open, without a site login, to connect until it expires.
@@ -159,16 +178,22 @@ class ConnectedCompany(models.Model):
         REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
         DISCONNECTED = "disconnected", _("Disconnected")
 
-    client = models.ForeignKey(ApiClient, on_delete=models.PROTECT, related_name="companies",
-                               verbose_name=_("API client"))
-    company_id = models.CharField(_("company id"), max_length=255,
-                                  help_text=_("The company's id at Lightspeed."))
+    client = models.ForeignKey(
+        ApiClient, on_delete=models.PROTECT, related_name="companies", verbose_name=_("API client")
+    )
+    company_id = models.CharField(
+        _("company id"), max_length=255, help_text=_("The company's id at Lightspeed.")
+    )
     name = models.CharField(_("name"), max_length=255, blank=True, default="")
-    reference = models.CharField(_("reference"), max_length=255, blank=True, default="",
-                                 db_index=True,
-                                 help_text=_("Your own label, from the connect or invitation link."))
-    status = models.CharField(_("status"), max_length=32, choices=Status.choices,
-                              default=Status.ACTIVE)
+    reference = models.CharField(
+        _("reference"),
+        max_length=255,
+        blank=True,
+        default="",
+        db_index=True,
+        help_text=_("Your own label, from the connect or invitation link."),
+    )
+    status = models.CharField(_("status"), max_length=32, choices=Status.choices, default=Status.ACTIVE)
     access_token = EncryptedTextField(_("access token"))
     refresh_token = EncryptedTextField(_("refresh token"))
     token_type = models.CharField(max_length=32, blank=True, default="bearer")
@@ -176,9 +201,14 @@ class ConnectedCompany(models.Model):
     expires_at = models.DateTimeField(_("access token expires"), null=True, blank=True)
     refresh_expires_at = models.DateTimeField(_("refresh token expires"), null=True, blank=True)
     connected_at = models.DateTimeField(_("connected"), default=timezone.now)
-    connected_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                     on_delete=models.SET_NULL, related_name="+",
-                                     verbose_name=_("connected by"))
+    connected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("connected by"),
+    )
     last_refreshed_at = models.DateTimeField(_("last refreshed"), null=True, blank=True)
     failure_count = models.PositiveIntegerField(_("failures"), default=0)
     last_error = models.TextField(_("last error"), blank=True, default="")
@@ -198,8 +228,9 @@ class ConnectedCompany(models.Model):
         verbose_name_plural = _("connected companies")
         ordering = ["name", "pk"]
         constraints = [
-            models.UniqueConstraint(fields=["client", "company_id"],
-                                    name="lightspeed_oauth_unique_company_per_client"),
+            models.UniqueConstraint(
+                fields=["client", "company_id"], name="lightspeed_oauth_unique_company_per_client"
+            ),
         ]
         indexes = [
             models.Index(fields=["status", "expires_at"], name="lightspeed_status_expiry"),
@@ -208,11 +239,24 @@ class ConnectedCompany(models.Model):
     #: Written only by the flow, refresh and disconnect, each with a conditional UPDATE. A plain
     #: ``save()`` of an instance loaded earlier must not write them back: that would restore a
     #: spent refresh token (and an old token_version) after a refresh in another process.
-    TOKEN_STATE_FIELDS = frozenset({
-        "status", "access_token", "refresh_token", "token_type", "granted_scopes", "expires_at",
-        "refresh_expires_at", "last_refreshed_at", "failure_count", "last_error",
-        "next_attempt_at", "token_version", "refresh_lock_id", "refresh_lock_until",
-    })
+    TOKEN_STATE_FIELDS = frozenset(
+        {
+            "status",
+            "access_token",
+            "refresh_token",
+            "token_type",
+            "granted_scopes",
+            "expires_at",
+            "refresh_expires_at",
+            "last_refreshed_at",
+            "failure_count",
+            "last_error",
+            "next_attempt_at",
+            "token_version",
+            "refresh_lock_id",
+            "refresh_lock_until",
+        }
+    )
 
     def __str__(self) -> str:
         return self.name or self.company_id
@@ -222,14 +266,14 @@ class ConnectedCompany(models.Model):
         names those fields explicitly."""
         if not self._state.adding and kwargs.get("update_fields") is None:
             kwargs["update_fields"] = [
-                f.name for f in self._meta.concrete_fields
+                f.name
+                for f in self._meta.concrete_fields
                 if not f.primary_key and f.name not in self.TOKEN_STATE_FIELDS
             ]
         super().save(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return (f"<ConnectedCompany {self.company_id!r} client={self.client_id} "
-                f"status={self.status!r}>")
+        return f"<ConnectedCompany {self.company_id!r} client={self.client_id} status={self.status!r}>"
 
     # State ------------------------------------------------------------------------------------
 
@@ -300,27 +344,40 @@ class AuthorizationRequest(models.Model):
         DENIED = "denied", _("Denied by the merchant")
         FAILED = "failed", _("Failed")
 
-    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE,
-                               related_name="authorization_requests", verbose_name=_("API client"))
+    client = models.ForeignKey(
+        ApiClient,
+        on_delete=models.CASCADE,
+        related_name="authorization_requests",
+        verbose_name=_("API client"),
+    )
     state = models.CharField(_("state"), max_length=128, unique=True)
     code_verifier = EncryptedTextField(_("PKCE verifier"))
     # sha256 of a nonce kept in the starting browser's session: the callback must come back to it.
     browser_binding = models.CharField(max_length=64, blank=True, default="", editable=False)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                                   on_delete=models.SET_NULL, related_name="+",
-                                   verbose_name=_("started by"))
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("started by"),
+    )
     via_invitation = models.BooleanField(_("via invitation"), default=False)
     next_url = models.CharField(_("next URL"), max_length=2000, blank=True, default="")
     reference = models.CharField(_("reference"), max_length=255, blank=True, default="")
     created_at = models.DateTimeField(_("created"), default=timezone.now)
     expires_at = models.DateTimeField(_("expires"))
     used_at = models.DateTimeField(_("used"), null=True, blank=True)
-    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices,
-                               default=Outcome.PENDING)
+    outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
     error = models.TextField(_("error"), blank=True, default="")
-    company = models.ForeignKey(ConnectedCompany, null=True, blank=True,
-                                on_delete=models.SET_NULL, related_name="+",
-                                verbose_name=_("company"))
+    company = models.ForeignKey(
+        ConnectedCompany,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("company"),
+    )
 
     class Meta:
         verbose_name = _("authorization request")
@@ -344,12 +401,19 @@ class TokenEvent(models.Model):
         REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
         DISCONNECTED = "disconnected", _("Disconnected")
 
-    company = models.ForeignKey(ConnectedCompany, on_delete=models.CASCADE, related_name="events",
-                                verbose_name=_("company"))
+    company = models.ForeignKey(
+        ConnectedCompany, on_delete=models.CASCADE, related_name="events", verbose_name=_("company")
+    )
     kind = models.CharField(_("kind"), max_length=32, choices=Kind.choices)
     message = models.TextField(_("message"), blank=True, default="")
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
-                              on_delete=models.SET_NULL, related_name="+", verbose_name=_("by"))
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("by"),
+    )
     # Fingerprints and expiry times only; never a token.
     details = models.JSONField(_("details"), default=dict, blank=True)
     created_at = models.DateTimeField(_("at"), default=timezone.now, db_index=True)

@@ -98,8 +98,17 @@ def http_session() -> requests.Session:
     if session is None:
         session = _Session()
         # Retry only connection failures: nothing was sent, so nothing can have been spent.
-        retry = Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0,
-                      backoff_factor=0.2, allowed_methods=None, raise_on_status=False)
+        retry = Retry(
+            total=2,
+            connect=2,
+            read=0,
+            status=0,
+            other=0,
+            redirect=0,
+            backoff_factor=0.2,
+            allowed_methods=None,
+            raise_on_status=False,
+        )
         adapter = HTTPAdapter(max_retries=retry)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
@@ -163,8 +172,10 @@ def post_token(request: TokenRequest, provider: Provider, secrets: tuple[str, ..
         )
     except requests.ConnectionError as err:
         # `from None`: the underlying message may quote the URL, and with it a query-string secret.
-        kind = "timed out while connecting" if isinstance(err, requests.ConnectTimeout) else (
-            "could not be reached"
+        kind = (
+            "timed out while connecting"
+            if isinstance(err, requests.ConnectTimeout)
+            else ("could not be reached")
         )
         if not isinstance(err, requests.ConnectTimeout) and _sent_before_failing(err):
             kind = "dropped the connection before answering"
@@ -222,9 +233,7 @@ def _read_token_response(
             retry_after=_retry_after(response),
         )
     if error in REVOKED_GRANT_ERRORS or "revoked" in description.lower():
-        raise InvalidGrant(
-            f"The token endpoint refused the grant{detail}.", status_code=status, error=error
-        )
+        raise InvalidGrant(f"The token endpoint refused the grant{detail}.", status_code=status, error=error)
     if error == "invalid_client" or (status == 401 and not error):
         raise InvalidClient(
             f"The token endpoint refused the API client's credentials{detail}: check the client "
@@ -258,8 +267,7 @@ def exchange_code(
 ) -> TokenSet:
     """Trade an authorization code for tokens."""
     grant = provider.code_grant(code=code, redirect_uri=redirect_uri, code_verifier=code_verifier)
-    request = provider.token_request(url, client_id=client_id, client_secret=client_secret,
-                                     grant=grant)
+    request = provider.token_request(url, client_id=client_id, client_secret=client_secret, grant=grant)
     return post_token(request, provider, (client_secret, code, code_verifier or ""))
 
 
@@ -274,14 +282,11 @@ def refresh_tokens(
 ) -> TokenSet:
     """Trade a refresh token for new tokens (sent once, never retried after it went out)."""
     grant = provider.refresh_grant(refresh_token=refresh_token, scopes=scopes)
-    request = provider.token_request(url, client_id=client_id, client_secret=client_secret,
-                                     grant=grant)
+    request = provider.token_request(url, client_id=client_id, client_secret=client_secret, grant=grant)
     return post_token(request, provider, (client_secret, refresh_token))
 
 
-def identify(
-    provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]
-) -> Identity:
+def identify(provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]) -> Identity:
     """Find out which company granted ``tokens``, asking the identity endpoint if there is one."""
     url = provider.identity_endpoint(environment, context, tokens)
     payload = None
@@ -290,8 +295,7 @@ def identify(
         try:
             response = http_session().get(
                 url,
-                headers={"Authorization": f"Bearer {tokens.access_token}",
-                         "Accept": "application/json"},
+                headers={"Authorization": f"Bearer {tokens.access_token}", "Accept": "application/json"},
                 timeout=_timeout(),
                 allow_redirects=False,
             )

@@ -83,14 +83,15 @@ class Identity:
 def check_url_template(template: str) -> None:
     """Raise ConfigurationError unless every brace in ``template`` is a ``{name}`` placeholder."""
     try:
-        fields = [field for _, field, spec, conv in string.Formatter().parse(template)
-                  if field is not None and (not re.fullmatch(r"\w+", field) or spec or conv)]
+        fields = [
+            field
+            for _, field, spec, conv in string.Formatter().parse(template)
+            if field is not None and (not re.fullmatch(r"\w+", field) or spec or conv)
+        ]
     except ValueError:
         fields = ["?"]
     if fields:
-        raise ConfigurationError(
-            f"The URL {template!r} has a brace that is not a {{name}} placeholder."
-        )
+        raise ConfigurationError(f"The URL {template!r} has a brace that is not a {{name}} placeholder.")
 
 
 def _choice(*allowed: str):
@@ -353,9 +354,7 @@ class Provider:
             raise TransientTokenError("The token endpoint answered JSON that is not an object.")
         access_token = payload.get(self.access_token_key)
         if not isinstance(access_token, str) or not access_token:
-            raise TransientTokenError(
-                f"The token endpoint's answer has no {self.access_token_key!r}."
-            )
+            raise TransientTokenError(f"The token endpoint's answer has no {self.access_token_key!r}.")
         refresh_token = payload.get(self.refresh_token_key)
         if not isinstance(refresh_token, str) or not refresh_token:
             refresh_token = None
@@ -397,9 +396,7 @@ class Provider:
 
     # Identity ---------------------------------------------------------------------------------
 
-    def identity_endpoint(
-        self, environment: str, context: Mapping[str, str], tokens: TokenSet
-    ) -> str | None:
+    def identity_endpoint(self, environment: str, context: Mapping[str, str], tokens: TokenSet) -> str | None:
         """The URL to GET with the new access token to learn who connected, or None."""
         if not self.identity_url:
             return None
@@ -408,9 +405,7 @@ class Provider:
             url = url.replace("{api}", self.api_url(environment, context))
         return self.fill(url, context)
 
-    def read_identity(
-        self, tokens: TokenSet, context: Mapping[str, str], payload: Any | None
-    ) -> Identity:
+    def read_identity(self, tokens: TokenSet, context: Mapping[str, str], payload: Any | None) -> Identity:
         """Find the company in the identity endpoint's answer (or the tokens, or the callback)."""
         company_id = _dig(payload, self.identity_id_key) if self.identity_id_key else None
         if company_id in (None, "") or isinstance(company_id, bool):

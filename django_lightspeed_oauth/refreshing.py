@@ -23,8 +23,15 @@ from .exceptions import LightspeedOAuthError
 from .models import ConnectedCompany
 from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, RefreshResult, refresh
 
-__all__ = ["Summary", "CompanyResult", "due_companies", "refresh_due", "EXIT_OK",
-           "EXIT_FAILED", "EXIT_REAUTHORIZATION"]
+__all__ = [
+    "Summary",
+    "CompanyResult",
+    "due_companies",
+    "refresh_due",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_REAUTHORIZATION",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,17 +92,34 @@ class Summary:
 
     def as_dict(self) -> dict:
         return {
-            "considered": self.considered, "refreshed": self.refreshed, "fresh": self.fresh,
-            "busy": self.busy, "failed": self.failed,
+            "considered": self.considered,
+            "refreshed": self.refreshed,
+            "fresh": self.fresh,
+            "busy": self.busy,
+            "failed": self.failed,
             "reauthorization_required": self.reauthorization_required,
-            "dry_run": self.dry_run, "exit_code": self.exit_code,
-            "problems": [{"company": p.pk, "company_id": p.company_id, "client": p.client,
-                          "outcome": p.outcome, "message": p.message} for p in self.problems],
+            "dry_run": self.dry_run,
+            "exit_code": self.exit_code,
+            "problems": [
+                {
+                    "company": p.pk,
+                    "company_id": p.company_id,
+                    "client": p.client,
+                    "outcome": p.outcome,
+                    "message": p.message,
+                }
+                for p in self.problems
+            ],
         }
 
 
-def due_companies(*, within: float | None = None, clients: Iterable[str] = (),
-                  company_ids: Iterable[str] = (), force: bool = False) -> QuerySet:
+def due_companies(
+    *,
+    within: float | None = None,
+    clients: Iterable[str] = (),
+    company_ids: Iterable[str] = (),
+    force: bool = False,
+) -> QuerySet:
     """Companies to refresh: expiring within ``within`` seconds and not backing off.
 
     With ``force``: every active or failing company in the filters, whatever its expiry.
@@ -108,7 +132,8 @@ def due_companies(*, within: float | None = None, clients: Iterable[str] = (),
     )
     if not force:
         query = query.filter(expires_at__lte=now + timedelta(seconds=within)).filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+        )
     clients = list(clients)
     if clients:
         query = query.filter(client__slug__in=clients)
@@ -186,9 +211,13 @@ def refresh_due(
             if stop is not None and stop.is_set():
                 break
             if dry_run:
-                result = CompanyResult(company.pk, company.company_id, company.client.slug, "due",
-                                       f"expires {company.expires_at:%Y-%m-%d %H:%M:%S}"
-                                       if company.expires_at else "no expiry")
+                result = CompanyResult(
+                    company.pk,
+                    company.company_id,
+                    company.client.slug,
+                    "due",
+                    f"expires {company.expires_at:%Y-%m-%d %H:%M:%S}" if company.expires_at else "no expiry",
+                )
                 summary.considered += 1
             else:
                 result = _refresh_one(company, force, margin)
@@ -214,8 +243,9 @@ def refresh_due(
         finally:
             connections.close_all()
 
-    threads = [threading.Thread(target=work, name=f"lightspeed-refresh-{n}", daemon=True)
-               for n in range(workers)]
+    threads = [
+        threading.Thread(target=work, name=f"lightspeed-refresh-{n}", daemon=True) for n in range(workers)
+    ]
     for thread in threads:
         thread.start()
     try:

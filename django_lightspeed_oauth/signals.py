@@ -39,5 +39,8 @@ def send(signal: Signal, **kwargs) -> None:
 
     for receiver, result in signal.send_robust(sender=ConnectedCompany, **kwargs):
         if isinstance(result, Exception):
-            logger.error("Receiver %r of a lightspeed_oauth signal raised", receiver,
-                         exc_info=(type(result), result, result.__traceback__))
+            logger.error(
+                "Receiver %r of a lightspeed_oauth signal raised",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+            )

@@ -23,7 +23,8 @@ __all__ = ["refresh_lightspeed_tokens"]
 
 
 @shared_task(name="django_lightspeed_oauth.tasks.refresh_lightspeed_tokens", ignore_result=False)
-def refresh_lightspeed_tokens(within: float | None = None, clients: list[str] | None = None,
-                              workers: int = 4) -> dict:
+def refresh_lightspeed_tokens(
+    within: float | None = None, clients: list[str] | None = None, workers: int = 4
+) -> dict:
     """Refresh every company due within ``within`` seconds; return the run's summary as a dict."""
     return refresh_due(within=within, clients=clients or (), workers=workers).as_dict()

@@ -51,8 +51,9 @@ def make_client(**fields: Any) -> ApiClient:
     return client
 
 
-def make_company(client: ApiClient | None = None, *, expires_in: float = 3600,
-                 **fields: Any) -> ConnectedCompany:
+def make_company(
+    client: ApiClient | None = None, *, expires_in: float = 3600, **fields: Any
+) -> ConnectedCompany:
     """Create a connected company with random tokens expiring in ``expires_in`` seconds."""
     n = next(_counter)
     values: dict[str, Any] = dict(
@@ -82,8 +83,15 @@ class FakeTokenEndpoint:
     factories' random tokens work.
     """
 
-    def __init__(self, client: ApiClient, *, rotate: bool = True, expires_in: int = 3600,
-                 url: str | None = None, mock: Any = None) -> None:
+    def __init__(
+        self,
+        client: ApiClient,
+        *,
+        rotate: bool = True,
+        expires_in: int = 3600,
+        url: str | None = None,
+        mock: Any = None,
+    ) -> None:
         self.client = client
         self.rotate = rotate
         self.expires_in = expires_in
@@ -136,8 +144,7 @@ class FakeTokenEndpoint:
             params.update(json.loads(body or "{}"))
         else:
             params.update(parse_qsl(body))
-        self.requests.append({"url": request.url, "headers": dict(request.headers),
-                              "params": params})
+        self.requests.append({"url": request.url, "headers": dict(request.headers), "params": params})
         if self.delay:
             time.sleep(self.delay)
         failure = self.failure
@@ -152,8 +159,11 @@ class FakeTokenEndpoint:
             return failure, headers, json.dumps({"error": "temporarily_unavailable"})
         if failure in ("invalid_grant", "invalid_client"):
             status = 401 if failure == "invalid_client" else 400
-            return status, {"Content-Type": "application/json"}, json.dumps(
-                {"error": failure, "error_description": "refused by the fake endpoint"})
+            return (
+                status,
+                {"Content-Type": "application/json"},
+                json.dumps({"error": failure, "error_description": "refused by the fake endpoint"}),
+            )
         if params.get("grant_type") == "refresh_token":
             return self._refresh(params.get("refresh_token", ""))
         return self._grant(_Family())
@@ -165,15 +175,22 @@ class FakeTokenEndpoint:
             self._families[token] = family
         if family.revoked or token != family.current:
             family.revoked = True
-            return 400, {"Content-Type": "application/json"}, json.dumps(
-                {"error": "invalid_grant", "error_description": "refresh token already used"})
+            return (
+                400,
+                {"Content-Type": "application/json"},
+                json.dumps({"error": "invalid_grant", "error_description": "refresh token already used"}),
+            )
         self.refresh_count += 1
         return self._grant(family)
 
     def _grant(self, family: _Family) -> tuple[int, dict[str, str], str]:
         access = f"fake-access-{secrets.token_urlsafe(12)}"
-        payload: dict[str, Any] = {"access_token": access, "token_type": "bearer",
-                                   "expires_in": self.expires_in, "scope": self.client.scopes}
+        payload: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "scope": self.client.scopes,
+        }
         if self.rotate or not family.current:
             refresh = f"fake-refresh-{secrets.token_urlsafe(12)}"
             family.current = refresh

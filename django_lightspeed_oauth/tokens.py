@@ -51,9 +51,19 @@ REAUTHORIZATION_REQUIRED = "reauthorization_required"
 
 # What a re-read needs: everything refresh decides on, the tokens, and the client for the request.
 _REREAD_FIELDS = (
-    "status", "access_token", "refresh_token", "expires_at", "refresh_expires_at", "token_version",
-    "failure_count", "last_error", "next_attempt_at", "last_refreshed_at", "granted_scopes",
-    "details", "token_type",
+    "status",
+    "access_token",
+    "refresh_token",
+    "expires_at",
+    "refresh_expires_at",
+    "token_version",
+    "failure_count",
+    "last_error",
+    "next_attempt_at",
+    "last_refreshed_at",
+    "granted_scopes",
+    "details",
+    "token_type",
 )
 
 
@@ -81,8 +91,9 @@ def _in_transaction(company: ConnectedCompany) -> bool:
     return not all(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
 
 
-def refresh(company: ConnectedCompany, *, force: bool = False, within: float | None = None,
-            wait: bool = True) -> RefreshResult:
+def refresh(
+    company: ConnectedCompany, *, force: bool = False, within: float | None = None, wait: bool = True
+) -> RefreshResult:
     """Refresh ``company``'s tokens if they expire within ``within`` seconds (or ``force``).
 
     Safe to call from any number of threads, processes and machines at once. Updates ``company``
@@ -105,11 +116,9 @@ def _bound_lock_waits(alias: str) -> None:
     connection = connections[alias]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("SELECT set_config('lock_timeout', %s, false)",
-                           [f"{OWN_CONNECTION_LOCK_WAIT}s"])
+            cursor.execute("SELECT set_config('lock_timeout', %s, false)", [f"{OWN_CONNECTION_LOCK_WAIT}s"])
         elif connection.vendor == "mysql":
-            cursor.execute("SET SESSION innodb_lock_wait_timeout = %s",
-                           [OWN_CONNECTION_LOCK_WAIT])
+            cursor.execute("SET SESSION innodb_lock_wait_timeout = %s", [OWN_CONNECTION_LOCK_WAIT])
         elif connection.vendor == "sqlite":
             cursor.execute(f"PRAGMA busy_timeout = {OWN_CONNECTION_LOCK_WAIT * 1000}")
 
@@ -125,8 +134,7 @@ def _in_own_connection(company: ConnectedCompany, **kwargs: Any) -> RefreshResul
         except DatabaseError:
             # Most likely the caller's own transaction holds the company's row (or, on SQLite, the
             # database's write lock): waiting longer would wait for ever.
-            logger.warning("Refresh of company %s inside a transaction could not take its lock",
-                           company.pk)
+            logger.warning("Refresh of company %s inside a transaction could not take its lock", company.pk)
             box["error"] = RefreshFailed(
                 f"Company {company.company_id} could not be refreshed from inside a transaction "
                 "that has written to the database (it would wait for its own lock): get the "
@@ -168,8 +176,7 @@ def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk
             delay = min(delay * 2, 1.0)
 
 
-def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
-             wait: bool) -> RefreshResult:
+def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wait: bool) -> RefreshResult:
     manager = ConnectedCompany.objects
     lock_timeout = float(app_settings.LOCK_TIMEOUT)
     deadline = time.monotonic() + lock_timeout + 5
@@ -198,17 +205,19 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None,
             # The lease starts when the statement runs, not before a retry's wait.
             start = timezone.now()
             query = manager.filter(pk=company.pk, token_version=company.token_version).filter(
-                _lock_free(start))
+                _lock_free(start)
+            )
             if not force:
                 # The back-off is part of the condition: a failure recorded (and the lock
                 # released) since we read the row must stop us too.
-                query = query.filter(Q(next_attempt_at__isnull=True)
-                                     | Q(next_attempt_at__lte=start))
-            return query.update(refresh_lock_id=lock_id,
-                                refresh_lock_until=start + timedelta(seconds=lock_timeout))
+                query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=start))
+            return query.update(
+                refresh_lock_id=lock_id, refresh_lock_until=start + timedelta(seconds=lock_timeout)
+            )
 
-        taken = _retrying(take_lock, seconds=lock_timeout / 2, what="taking the refresh lock",
-                          company_pk=company.pk)
+        taken = _retrying(
+            take_lock, seconds=lock_timeout / 2, what="taking the refresh lock", company_pk=company.pk
+        )
         if taken:
             return _refresh_locked(company, lock_id, waited)
 
@@ -276,25 +285,42 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         values["granted_scopes"] = tokens.scope
     persist_for = max(30.0, 2 * float(app_settings.LOCK_TIMEOUT))
     try:
-        stored = _retrying(lambda: mine.update(**values), seconds=persist_for,
-                           what="storing new tokens", company_pk=company.pk)
+        stored = _retrying(
+            lambda: mine.update(**values),
+            seconds=persist_for,
+            what="storing new tokens",
+            company_pk=company.pk,
+        )
         if not stored:
             # Our lease ran out (a token request slower than LOCK_TIMEOUT) and another process
             # took the lock. Keep the new tokens if nobody changed the tokens since we read them
             # (they are then the only valid ones); a disconnect or a new grant meanwhile wins.
-            logger.error("Refresh lock of company %s expired before its refresh finished; "
-                         "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']", company.pk)
+            logger.error(
+                "Refresh lock of company %s expired before its refresh finished; "
+                "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']",
+                company.pk,
+            )
             unchanged = manager.filter(pk=company.pk, token_version=company.token_version)
-            if not _retrying(lambda: unchanged.update(**values), seconds=persist_for,
-                             what="storing new tokens", company_pk=company.pk):
-                logger.error("Company %s was disconnected or connected again during its "
-                             "refresh; the refreshed tokens were not kept", company.pk)
+            if not _retrying(
+                lambda: unchanged.update(**values),
+                seconds=persist_for,
+                what="storing new tokens",
+                company_pk=company.pk,
+            ):
+                logger.error(
+                    "Company %s was disconnected or connected again during its "
+                    "refresh; the refreshed tokens were not kept",
+                    company.pk,
+                )
                 company.refresh_from_db(fields=_REREAD_FIELDS)
                 return RefreshResult(company, FRESH, waited=True)
     except DatabaseError:
-        logger.critical("New tokens of company %s could not be stored (new refresh token %s); "
-                        "the merchant may have to connect again", company.pk,
-                        fingerprint(new_refresh))
+        logger.critical(
+            "New tokens of company %s could not be stored (new refresh token %s); "
+            "the merchant may have to connect again",
+            company.pk,
+            fingerprint(new_refresh),
+        )
         raise
     rotated = tokens.refresh_token is not None and tokens.refresh_token != company.refresh_token
     for name, value in values.items():
@@ -303,25 +329,37 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
     company.token_version += 1
     logger.info("Refreshed company %s (client %s)", company.pk, client.slug)
     # The tokens are stored: nothing below may turn this into a failure.
-    _event(company, TokenEvent.Kind.REFRESHED, "Tokens refreshed.", {
-        "access_token": company.access_token_fingerprint,
-        "refresh_token": company.refresh_token_fingerprint,
-        "rotated": rotated,
-        "expires_at": company.expires_at.isoformat() if company.expires_at else None,
-    })
+    _event(
+        company,
+        TokenEvent.Kind.REFRESHED,
+        "Tokens refreshed.",
+        {
+            "access_token": company.access_token_fingerprint,
+            "refresh_token": company.refresh_token_fingerprint,
+            "rotated": rotated,
+            "expires_at": company.expires_at.isoformat() if company.expires_at else None,
+        },
+    )
     signals.send(signals.token_refreshed, company=company)
     return RefreshResult(company, REFRESHED, waited=waited)
 
 
-def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, message: str,
-                   lock_id: str | None = None) -> RefreshResult:
+def _fail_for_good(
+    company: ConnectedCompany, err: TokenEndpointError | None, message: str, lock_id: str | None = None
+) -> RefreshResult:
     now = timezone.now()
     query = ConnectedCompany.objects.filter(pk=company.pk, token_version=company.token_version)
     if lock_id:
         query = query.filter(refresh_lock_id=lock_id)
-    values = dict(status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED, last_error=message,
-                  failure_count=F("failure_count") + 1, next_attempt_at=None,
-                  refresh_lock_id="", refresh_lock_until=None, updated_at=now)
+    values = dict(
+        status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED,
+        last_error=message,
+        failure_count=F("failure_count") + 1,
+        next_attempt_at=None,
+        refresh_lock_id="",
+        refresh_lock_until=None,
+        updated_at=now,
+    )
     if not query.update(**values):
         return _lease_lost(company)
     company.status = ConnectedCompany.Status.REAUTHORIZATION_REQUIRED
@@ -329,8 +367,12 @@ def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, me
     company.failure_count += 1
     company.next_attempt_at = None
     logger.warning("Company %s needs re-authorization: %s", company.pk, message)
-    _event(company, TokenEvent.Kind.REAUTHORIZATION_REQUIRED, message,
-           {"error": err.error if err else "", "status_code": err.status_code if err else None})
+    _event(
+        company,
+        TokenEvent.Kind.REAUTHORIZATION_REQUIRED,
+        message,
+        {"error": err.error if err else "", "status_code": err.status_code if err else None},
+    )
     signals.send(signals.reauthorization_required, company=company, error=err)
     return RefreshResult(company, REAUTHORIZATION_REQUIRED, error=err)
 
@@ -338,8 +380,7 @@ def _fail_for_good(company: ConnectedCompany, err: TokenEndpointError | None, me
 def _lease_lost(company: ConnectedCompany) -> RefreshResult:
     # Another process took the company over after our lease ended; its outcome is the one that
     # counts, so report nothing and take the row as it is now.
-    logger.warning("Refresh lock of company %s was taken over before its failure was recorded",
-                   company.pk)
+    logger.warning("Refresh lock of company %s was taken over before its failure was recorded", company.pk)
     company.refresh_from_db(fields=_REREAD_FIELDS)
     return RefreshResult(company, FRESH, waited=True)
 
@@ -352,37 +393,44 @@ def _backoff(failures: int, err: TokenEndpointError) -> float:
     return delay
 
 
-def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError,
-                  lock_id: str) -> RefreshResult:
+def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError, lock_id: str) -> RefreshResult:
     now = timezone.now()
     failures = company.failure_count + 1
     next_attempt = now + timedelta(seconds=_backoff(failures, err))
     if not ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
-        status=ConnectedCompany.Status.FAILING, failure_count=failures, last_error=err.message,
-        next_attempt_at=next_attempt, refresh_lock_id="", refresh_lock_until=None, updated_at=now,
+        status=ConnectedCompany.Status.FAILING,
+        failure_count=failures,
+        last_error=err.message,
+        next_attempt_at=next_attempt,
+        refresh_lock_id="",
+        refresh_lock_until=None,
+        updated_at=now,
     ):
         return _lease_lost(company)
     company.status = ConnectedCompany.Status.FAILING
     company.failure_count = failures
     company.last_error = err.message
     company.next_attempt_at = next_attempt
-    logger.warning("Refresh of company %s failed (attempt %s): %s", company.pk, failures,
-                   err.message)
-    _event(company, TokenEvent.Kind.REFRESH_FAILED, err.message, {
-        "error": err.error, "status_code": err.status_code, "attempt": failures,
-        "next_attempt_at": next_attempt.isoformat(),
-    })
-    signals.send(signals.token_refresh_failed, company=company, error=err,
-                                      attempt=failures)
+    logger.warning("Refresh of company %s failed (attempt %s): %s", company.pk, failures, err.message)
+    _event(
+        company,
+        TokenEvent.Kind.REFRESH_FAILED,
+        err.message,
+        {
+            "error": err.error,
+            "status_code": err.status_code,
+            "attempt": failures,
+            "next_attempt_at": next_attempt.isoformat(),
+        },
+    )
+    signals.send(signals.token_refresh_failed, company=company, error=err, attempt=failures)
     return RefreshResult(company, FAILED, error=err)
 
 
-def _event(company: ConnectedCompany, kind: str, message: str, details: dict[str, Any],
-           actor=None) -> None:
+def _event(company: ConnectedCompany, kind: str, message: str, details: dict[str, Any], actor=None) -> None:
     """Append to the company's history; the history must never fail what it records."""
     try:
-        TokenEvent.objects.create(company=company, kind=kind, message=message, details=details,
-                                  actor=actor)
+        TokenEvent.objects.create(company=company, kind=kind, message=message, details=details, actor=actor)
     except DatabaseError:
         logger.exception("Could not record a %s event for company %s", kind, company.pk)
 
@@ -393,16 +441,12 @@ def get_access_token(company: ConnectedCompany) -> str:
     if status == ConnectedCompany.Status.DISCONNECTED:
         raise CompanyDisconnected(f"Company {company.company_id} is disconnected.")
     if status == ConnectedCompany.Status.REAUTHORIZATION_REQUIRED:
-        raise ReauthorizationRequired(
-            f"Company {company.company_id} must authorize the API client again."
-        )
+        raise ReauthorizationRequired(f"Company {company.company_id} must authorize the API client again.")
     if company.access_token and not company.needs_refresh():
         return company.access_token  # the hot path: no query, no write
     result = refresh(company)
     if result.outcome == REAUTHORIZATION_REQUIRED:
-        raise ReauthorizationRequired(
-            f"Company {company.company_id} must authorize the API client again."
-        )
+        raise ReauthorizationRequired(f"Company {company.company_id} must authorize the API client again.")
     if company.access_token and not company.is_expired():
         return company.access_token
     raise RefreshFailed(
@@ -415,13 +459,19 @@ def disconnect(company: ConnectedCompany, *, user=None, message: str = "") -> No
     """Erase the company's tokens (the history stays) and send ``company_disconnected``."""
     now = timezone.now()
     ConnectedCompany.objects.filter(pk=company.pk).update(
-        status=ConnectedCompany.Status.DISCONNECTED, access_token="", refresh_token="",
-        expires_at=None, refresh_expires_at=None, token_version=F("token_version") + 1,
-        next_attempt_at=None, refresh_lock_id="", refresh_lock_until=None, updated_at=now,
+        status=ConnectedCompany.Status.DISCONNECTED,
+        access_token="",
+        refresh_token="",
+        expires_at=None,
+        refresh_expires_at=None,
+        token_version=F("token_version") + 1,
+        next_attempt_at=None,
+        refresh_lock_id="",
+        refresh_lock_until=None,
+        updated_at=now,
     )
     company.refresh_from_db(fields=_REREAD_FIELDS)
-    _event(company, TokenEvent.Kind.DISCONNECTED, message or "Disconnected; tokens erased.", {},
-           actor=user)
+    _event(company, TokenEvent.Kind.DISCONNECTED, message or "Disconnected; tokens erased.", {}, actor=user)
     signals.send(signals.company_disconnected, company=company, user=user)
 
 

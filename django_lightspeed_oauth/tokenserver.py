@@ -193,8 +193,15 @@ class TokenServer:
     happen outside it, so requests overlap as they would on a real server.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, latency: float = 0.0,
-                 expires_in: int = 3600, accept_unknown: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency: float = 0.0,
+        expires_in: int = 3600,
+        accept_unknown: bool = True,
+    ) -> None:
         self.host = host
         self.port = port
         self.latency = latency
@@ -231,8 +238,9 @@ class TokenServer:
         httpd = _Server((self.host, self.port), _Handler)
         httpd.token_server = self
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="token-server", daemon=True)
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="token-server", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -249,8 +257,9 @@ class TokenServer:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # Switches and state -------------------------------------------------------------------------
@@ -312,8 +321,12 @@ class TokenServer:
         with self._lock:
             for token, fam in self._families.items():
                 if fingerprint(token) == token_fingerprint:
-                    return {"id": fam.id, "current": fingerprint(fam.current),
-                            "refreshes": fam.refreshes, "revoked": fam.revoked}
+                    return {
+                        "id": fam.id,
+                        "current": fingerprint(fam.current),
+                        "refreshes": fam.refreshes,
+                        "revoked": fam.revoked,
+                    }
         return None
 
     def current_refresh_token(self, token: str) -> str | None:
@@ -334,8 +347,13 @@ class TokenServer:
         refresh = "ts-refresh-" + secrets.token_urlsafe(18)
         fam.current = refresh
         self._families[refresh] = fam
-        return {"access_token": access, "refresh_token": refresh, "token_type": "bearer",
-                "expires_in": self.expires_in, "scope": ""}
+        return {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+            "scope": "",
+        }
 
     def _token(self, params: dict[str, str]) -> tuple[Any, ...] | None:
         """Answer one token request: (status, JSON payload[, headers]), or None to drop it."""
@@ -360,11 +378,15 @@ class TokenServer:
                 if self.fail_status:
                     self.failures += 1
                     self.history.append((arrived, time.time(), str(self.fail_status)))
-                    return (self.fail_status, {"error": "temporarily_unavailable"},
-                            {"Retry-After": str(self.retry_after)})
+                    return (
+                        self.fail_status,
+                        {"error": "temporarily_unavailable"},
+                        {"Retry-After": str(self.retry_after)},
+                    )
                 answer = self._answer(grant, params)
                 what = {200: "code" if grant == "authorization_code" else "refreshed"}.get(
-                    answer[0], answer[1].get("error", "error"))
+                    answer[0], answer[1].get("error", "error")
+                )
                 self.history.append((arrived, time.time(), what))
                 return answer
         finally:
@@ -399,8 +421,10 @@ class TokenServer:
             fam.revoked = True
             self.invalid_grants += 1
             logger.warning("Refresh token %s reused: family %s revoked", fingerprint(token), fam.id)
-            return 400, {"error": "invalid_grant",
-                         "error_description": "refresh token already used; grant revoked"}
+            return 400, {
+                "error": "invalid_grant",
+                "error_description": "refresh token already used; grant revoked",
+            }
         fam.used.add(token)
         fam.refreshes += 1
         self.refreshes += 1
@@ -409,17 +433,24 @@ class TokenServer:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a token server until SIGTERM / SIGINT; print its URL on the first line of stdout."""
-    parser = argparse.ArgumentParser(prog="python -m django_lightspeed_oauth.tokenserver",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m django_lightspeed_oauth.tokenserver", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (default)")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--expires-in", type=int, default=3600)
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse refresh tokens that were neither issued nor seeded")
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse refresh tokens that were neither issued nor seeded"
+    )
     args = parser.parse_args(argv)
-    server = TokenServer(host=args.host, port=args.port, latency=args.latency_ms / 1000,
-                         expires_in=args.expires_in, accept_unknown=not args.strict)
+    server = TokenServer(
+        host=args.host,
+        port=args.port,
+        latency=args.latency_ms / 1000,
+        expires_in=args.expires_in,
+        accept_unknown=not args.strict,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -73,9 +73,12 @@ def _pkce_challenge(verifier: str) -> str:
 def _misconfigured(client: ApiClient | None, err: ConfigurationError) -> FlowError:
     # The detail goes to the log for staff; the browser gets a sentence without it.
     logger.error("API client %s cannot be used: %s", client.slug if client else "?", err.message)
-    return FlowError("This connection is not set up correctly",
-                     "The site's Lightspeed connection is misconfigured; staff have been "
-                     "told why.", status=500, reason="misconfigured")
+    return FlowError(
+        "This connection is not set up correctly",
+        "The site's Lightspeed connection is misconfigured; staff have been told why.",
+        status=500,
+        reason="misconfigured",
+    )
 
 
 class FlowViewMixin:
@@ -83,17 +86,32 @@ class FlowViewMixin:
 
     error_template_name = "lightspeed_oauth/error.html"
 
-    def flow_failed(self, request: HttpRequest, error: FlowError,
-                    auth_request: AuthorizationRequest | None = None) -> HttpResponse:
+    def flow_failed(
+        self, request: HttpRequest, error: FlowError, auth_request: AuthorizationRequest | None = None
+    ) -> HttpResponse:
         """Render the error page (override to change how failures look)."""
-        return TemplateResponse(request, self.error_template_name,
-                                {"title": error.title, "message": error.message,
-                                 "reason": error.reason, "auth_request": auth_request},
-                                status=error.status)
+        return TemplateResponse(
+            request,
+            self.error_template_name,
+            {
+                "title": error.title,
+                "message": error.message,
+                "reason": error.reason,
+                "auth_request": auth_request,
+            },
+            status=error.status,
+        )
 
-    def start_flow(self, request: HttpRequest, client: ApiClient, *, created_by=None,
-                   reference: str = "", next_url: str = "",
-                   via_invitation: bool = False) -> HttpResponse:
+    def start_flow(
+        self,
+        request: HttpRequest,
+        client: ApiClient,
+        *,
+        created_by=None,
+        reference: str = "",
+        next_url: str = "",
+        via_invitation: bool = False,
+    ) -> HttpResponse:
         """Create the AuthorizationRequest and send the browser to the provider's consent page."""
         try:
             provider = client.get_provider()
@@ -123,16 +141,18 @@ class FlowViewMixin:
             code_challenge=_pkce_challenge(verifier) if verifier else None,
         )
         separator = "&" if "?" in authorize_url else "?"
-        logger.info("Started a flow for API client %s (invitation=%s)", client.slug,
-                    via_invitation)
+        logger.info("Started a flow for API client %s (invitation=%s)", client.slug, via_invitation)
         return HttpResponseRedirect(f"{authorize_url}{separator}{urlencode(params)}")
 
 
 def _clean_reference(value: str) -> str:
     value = value.strip()
     if len(value) > 255 or any(ord(c) < 32 for c in value):
-        raise FlowError("Invalid reference", "The reference must be at most 255 printable "
-                        "characters.", reason="bad_reference")
+        raise FlowError(
+            "Invalid reference",
+            "The reference must be at most 255 printable characters.",
+            reason="bad_reference",
+        )
     return value
 
 
@@ -144,21 +164,34 @@ class ConnectView(FlowViewMixin, View):
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not (request.user.is_staff and request.user.has_perm(app_settings.CONNECT_PERMISSION)):
-            return self.flow_failed(request, FlowError(
-                "Permission denied", "You are not allowed to connect Lightspeed companies.",
-                status=403, reason="forbidden"))
+            return self.flow_failed(
+                request,
+                FlowError(
+                    "Permission denied",
+                    "You are not allowed to connect Lightspeed companies.",
+                    status=403,
+                    reason="forbidden",
+                ),
+            )
         client = get_object_or_404(ApiClient, slug=slug, is_active=True)
         try:
             next_url = request.GET.get("next", "")
-            if next_url and (len(next_url) > NEXT_URL_MAX_LENGTH
-                             or not url_has_allowed_host_and_scheme(
-                                 next_url, allowed_hosts={request.get_host()},
-                                 require_https=request.is_secure())):
-                raise FlowError("Invalid next page", "The page to return to must be on this site.",
-                                reason="bad_next")
-            return self.start_flow(request, client, created_by=request.user,
-                                   reference=_clean_reference(request.GET.get("reference", "")),
-                                   next_url=next_url)
+            if next_url and (
+                len(next_url) > NEXT_URL_MAX_LENGTH
+                or not url_has_allowed_host_and_scheme(
+                    next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+                )
+            ):
+                raise FlowError(
+                    "Invalid next page", "The page to return to must be on this site.", reason="bad_next"
+                )
+            return self.start_flow(
+                request,
+                client,
+                created_by=request.user,
+                reference=_clean_reference(request.GET.get("reference", "")),
+                next_url=next_url,
+            )
         except FlowError as err:
             return self.flow_failed(request, err)
 
@@ -174,19 +207,31 @@ class InviteView(FlowViewMixin, View):
         try:
             data = signing.loads(token, salt=INVITATION_SALT)
         except signing.BadSignature:
-            raise FlowError("Invalid invitation", "This invitation link is not valid. Ask for a "
-                            "new one.", reason="bad_invitation") from None
+            raise FlowError(
+                "Invalid invitation",
+                "This invitation link is not valid. Ask for a new one.",
+                reason="bad_invitation",
+            ) from None
         if not isinstance(data, dict) or not {"c", "r", "e"} <= set(data):
-            raise FlowError("Invalid invitation", "This invitation link is not valid.",
-                            reason="bad_invitation")
+            raise FlowError(
+                "Invalid invitation", "This invitation link is not valid.", reason="bad_invitation"
+            )
         expires = datetime.fromtimestamp(int(data["e"]), tz=dt_timezone.utc)
         if expires <= timezone.now():
-            raise FlowError("Invitation expired", "This invitation link has expired. Ask for a "
-                            "new one.", status=410, reason="invitation_expired")
+            raise FlowError(
+                "Invitation expired",
+                "This invitation link has expired. Ask for a new one.",
+                status=410,
+                reason="invitation_expired",
+            )
         client = ApiClient.objects.filter(pk=data["c"], is_active=True).first()
         if client is None:
-            raise FlowError("Invitation no longer valid", "This connection is no longer offered.",
-                            status=404, reason="client_gone")
+            raise FlowError(
+                "Invitation no longer valid",
+                "This connection is no longer offered.",
+                status=404,
+                reason="client_gone",
+            )
         return client, str(data["r"] or ""), expires
 
     def get(self, request: HttpRequest, token: str) -> HttpResponse:
@@ -198,9 +243,11 @@ class InviteView(FlowViewMixin, View):
                 raise _misconfigured(client, err) from None
         except FlowError as err:
             return self.flow_failed(request, err)
-        return TemplateResponse(request, self.template_name,
-                                {"client": client, "reference": reference, "expires_at": expires,
-                                 "provider": provider})
+        return TemplateResponse(
+            request,
+            self.template_name,
+            {"client": client, "reference": reference, "expires_at": expires, "provider": provider},
+        )
 
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
@@ -239,31 +286,45 @@ class CallbackView(FlowViewMixin, View):
         states = request.GET.getlist("state")
         state = states[-1] if states else ""
         if not state:
-            raise FlowError("Missing state", "This link is incomplete: it has no state. Start "
-                            "again from the site.", reason="missing_state")
+            raise FlowError(
+                "Missing state",
+                "This link is incomplete: it has no state. Start again from the site.",
+                reason="missing_state",
+            )
         if len(states) > 1 or not STATE_PATTERN.match(state):
-            raise FlowError("Invalid state", "This link is not one the site started.",
-                            reason="invalid_state")
-        auth_request = (AuthorizationRequest.objects.select_related("client")
-                        .filter(state=state).first())
+            raise FlowError("Invalid state", "This link is not one the site started.", reason="invalid_state")
+        auth_request = AuthorizationRequest.objects.select_related("client").filter(state=state).first()
         if auth_request is None:
-            raise FlowError("Unknown state", "This link is not one the site started. Start again "
-                            "from the site.", reason="unknown_state")
+            raise FlowError(
+                "Unknown state",
+                "This link is not one the site started. Start again from the site.",
+                reason="unknown_state",
+            )
         if auth_request.used_at is not None:
-            raise FlowError("Link already used", "This authorization was already completed or "
-                            "cancelled. Start again from the site.", reason="replayed_state")
+            raise FlowError(
+                "Link already used",
+                "This authorization was already completed or cancelled. Start again from the site.",
+                reason="replayed_state",
+            )
         if auth_request.expires_at <= timezone.now():
-            raise FlowError("Link expired", "This authorization took too long and expired. Start "
-                            "again from the site.", reason="expired_state")
+            raise FlowError(
+                "Link expired",
+                "This authorization took too long and expired. Start again from the site.",
+                reason="expired_state",
+            )
         binding = request.session.get(SESSION_BINDING_KEY)
         if auth_request.browser_binding and (
             not binding
-            or not secrets.compare_digest(hashlib.sha256(binding.encode()).hexdigest(),
-                                          auth_request.browser_binding)
+            or not secrets.compare_digest(
+                hashlib.sha256(binding.encode()).hexdigest(), auth_request.browser_binding
+            )
         ):
-            raise FlowError("Different browser", "This authorization was started in another "
-                            "browser. Finish it in the browser where it started.",
-                            reason="browser_mismatch")
+            raise FlowError(
+                "Different browser",
+                "This authorization was started in another "
+                "browser. Finish it in the browser where it started.",
+                reason="browser_mismatch",
+            )
         return auth_request
 
     def consume(self, auth_request: AuthorizationRequest, **values: Any) -> None:
@@ -273,16 +334,17 @@ class CallbackView(FlowViewMixin, View):
             pk=auth_request.pk, used_at__isnull=True, expires_at__gt=now
         ).update(used_at=now, **values)
         if not won:
-            raise FlowError("Link already used", "This authorization was already completed. "
-                            "Start again from the site.", reason="replayed_state")
+            raise FlowError(
+                "Link already used",
+                "This authorization was already completed. Start again from the site.",
+                reason="replayed_state",
+            )
         auth_request.used_at = now
         for name, value in values.items():
             setattr(auth_request, name, value)
 
-    def record_failure(self, auth_request: AuthorizationRequest, outcome: str,
-                       error: str) -> None:
-        AuthorizationRequest.objects.filter(pk=auth_request.pk).update(outcome=outcome,
-                                                                       error=error[:2000])
+    def record_failure(self, auth_request: AuthorizationRequest, outcome: str, error: str) -> None:
+        AuthorizationRequest.objects.filter(pk=auth_request.pk).update(outcome=outcome, error=error[:2000])
         auth_request.outcome = outcome
         auth_request.error = error
 
@@ -294,27 +356,39 @@ class CallbackView(FlowViewMixin, View):
             code = error if PRINTABLE.match(error) else "invalid_error"
             # Control characters (NUL above all) cannot be stored by every database.
             description = CONTROL_CHARACTERS.sub("", params.get("error_description", ""))[:300]
-            outcome = (AuthorizationRequest.Outcome.DENIED if code == "access_denied"
-                       else AuthorizationRequest.Outcome.FAILED)
-            self.consume(auth_request, outcome=outcome,
-                         error=f"{code}: {description}" if description else code)
+            outcome = (
+                AuthorizationRequest.Outcome.DENIED
+                if code == "access_denied"
+                else AuthorizationRequest.Outcome.FAILED
+            )
+            self.consume(
+                auth_request, outcome=outcome, error=f"{code}: {description}" if description else code
+            )
             if outcome == AuthorizationRequest.Outcome.DENIED:
-                raise FlowError("Connection cancelled", "The connection to Lightspeed was "
-                                "declined, so nothing was connected.", reason="access_denied")
-            raise FlowError("Lightspeed refused the connection",
-                            f"Lightspeed answered with an error ({code}).", reason="provider_error")
+                raise FlowError(
+                    "Connection cancelled",
+                    "The connection to Lightspeed was declined, so nothing was connected.",
+                    reason="access_denied",
+                )
+            raise FlowError(
+                "Lightspeed refused the connection",
+                f"Lightspeed answered with an error ({code}).",
+                reason="provider_error",
+            )
         codes = params.getlist("code")
         code = codes[0] if len(codes) == 1 else ""
         if not code or not PRINTABLE.match(code):
-            raise FlowError("Missing code", "Lightspeed's answer has no valid authorization code.",
-                            reason="missing_code")
+            raise FlowError(
+                "Missing code", "Lightspeed's answer has no valid authorization code.", reason="missing_code"
+            )
         provider = client.get_provider()
         context = {}
         for name in provider.callback_params:
             value = params.get(name, "")
             if not URL_PLACEHOLDER_VALUE.match(value):
-                raise FlowError("Invalid answer", f"Lightspeed's answer has no valid {name}.",
-                                reason=f"bad_{name}")
+                raise FlowError(
+                    "Invalid answer", f"Lightspeed's answer has no valid {name}.", reason=f"bad_{name}"
+                )
             context[name] = value
         self.consume(auth_request)
 
@@ -332,32 +406,48 @@ class CallbackView(FlowViewMixin, View):
         except (TokenEndpointError, IdentityError) as err:
             logger.warning("Connecting with API client %s failed: %s", client.slug, err.message)
             self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
-            raise FlowError("Lightspeed could not complete the connection",
-                            "Lightspeed did not confirm the connection. Nothing was saved; please "
-                            "try again in a moment.", status=502, reason="exchange_failed") from None
+            raise FlowError(
+                "Lightspeed could not complete the connection",
+                "Lightspeed did not confirm the connection. Nothing was saved; please try again in a moment.",
+                status=502,
+                reason="exchange_failed",
+            ) from None
         except ConfigurationError as err:
             logger.error("API client %s is misconfigured: %s", client.slug, err.message)
             self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
-            raise FlowError("This connection is not set up correctly",
-                            "The site's Lightspeed connection is misconfigured; staff can see "
-                            "why in the admin.", status=500, reason="misconfigured") from None
+            raise FlowError(
+                "This connection is not set up correctly",
+                "The site's Lightspeed connection is misconfigured; staff can see why in the admin.",
+                status=500,
+                reason="misconfigured",
+            ) from None
         try:
             company, created = self.store(request, auth_request, tokens, identity, context)
         except DatabaseError:
-            logger.exception("Could not store the company connected with API client %s",
-                             client.slug)
-            self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED,
-                                "The connection could not be saved (database error).")
-            raise FlowError("The connection could not be saved",
-                            "Lightspeed confirmed the connection but the site could not save it. "
-                            "Please try again in a moment.", status=503,
-                            reason="store_failed") from None
-        signals.send(signals.company_connected, company=company, created=created,
-                     request=request)
+            logger.exception("Could not store the company connected with API client %s", client.slug)
+            self.record_failure(
+                auth_request,
+                AuthorizationRequest.Outcome.FAILED,
+                "The connection could not be saved (database error).",
+            )
+            raise FlowError(
+                "The connection could not be saved",
+                "Lightspeed confirmed the connection but the site could not save it. "
+                "Please try again in a moment.",
+                status=503,
+                reason="store_failed",
+            ) from None
+        signals.send(signals.company_connected, company=company, created=created, request=request)
         return company
 
-    def store(self, request: HttpRequest, auth_request: AuthorizationRequest, tokens: TokenSet,
-              identity: Identity, context: dict[str, str]) -> tuple[ConnectedCompany, bool]:
+    def store(
+        self,
+        request: HttpRequest,
+        auth_request: AuthorizationRequest,
+        tokens: TokenSet,
+        identity: Identity,
+        context: dict[str, str],
+    ) -> tuple[ConnectedCompany, bool]:
         """Create or update the company (one row per client and company id) and log it."""
         client = auth_request.client
         now = timezone.now()
@@ -385,8 +475,11 @@ class CallbackView(FlowViewMixin, View):
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    company = (ConnectedCompany.objects.select_for_update()
-                               .filter(client=client, company_id=identity.company_id).first())
+                    company = (
+                        ConnectedCompany.objects.select_for_update()
+                        .filter(client=client, company_id=identity.company_id)
+                        .first()
+                    )
                     created = company is None
                     if created:
                         company = ConnectedCompany(client=client, company_id=identity.company_id)
@@ -398,29 +491,40 @@ class CallbackView(FlowViewMixin, View):
                     else:
                         # A new grant: every field, token state included (the row is locked).
                         company.token_version += 1
-                        company.save(update_fields=[
-                            f.name for f in company._meta.concrete_fields if not f.primary_key])
+                        company.save(
+                            update_fields=[f.name for f in company._meta.concrete_fields if not f.primary_key]
+                        )
                     AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
-                        outcome=AuthorizationRequest.Outcome.CONNECTED, company=company)
+                        outcome=AuthorizationRequest.Outcome.CONNECTED, company=company
+                    )
                     TokenEvent.objects.create(
-                        company=company, kind=TokenEvent.Kind.CONNECTED, actor=auth_request.created_by,
+                        company=company,
+                        kind=TokenEvent.Kind.CONNECTED,
+                        actor=auth_request.created_by,
                         message="Connected." if created else "Connected again; new tokens stored.",
-                        details={"access_token": company.access_token_fingerprint,
-                                 "refresh_token": company.refresh_token_fingerprint,
-                                 "via_invitation": auth_request.via_invitation,
-                                 "authorization_request": auth_request.pk},
+                        details={
+                            "access_token": company.access_token_fingerprint,
+                            "refresh_token": company.refresh_token_fingerprint,
+                            "via_invitation": auth_request.via_invitation,
+                            "authorization_request": auth_request.pk,
+                        },
                     )
                 break
             except IntegrityError:
                 # Two callbacks for the same new company at once: the other one created the row.
                 if attempt:
                     raise
-        logger.info("Company %s connected to API client %s (%s)", company.pk, client.slug,
-                    "new" if created else "again")
+        logger.info(
+            "Company %s connected to API client %s (%s)",
+            company.pk,
+            client.slug,
+            "new" if created else "again",
+        )
         return company, created
 
-    def connect_success(self, request: HttpRequest, company: ConnectedCompany,
-                        auth_request: AuthorizationRequest) -> HttpResponse:
+    def connect_success(
+        self, request: HttpRequest, company: ConnectedCompany, auth_request: AuthorizationRequest
+    ) -> HttpResponse:
         """Redirect to the validated ``next`` or SUCCESS_URL, or render the success page."""
         next_url = auth_request.next_url
         if next_url and url_has_allowed_host_and_scheme(
@@ -429,12 +533,12 @@ class CallbackView(FlowViewMixin, View):
             return HttpResponseRedirect(next_url)
         if app_settings.SUCCESS_URL:
             return HttpResponseRedirect(resolve_url(app_settings.SUCCESS_URL))
-        return TemplateResponse(request, self.success_template_name,
-                                {"company": company, "client": auth_request.client})
+        return TemplateResponse(
+            request, self.success_template_name, {"company": company, "client": auth_request.client}
+        )
 
     def flow_failed(self, request, error, auth_request=None):
-        if (app_settings.FAILURE_URL and auth_request is not None
-                and auth_request.used_at is not None):
+        if app_settings.FAILURE_URL and auth_request is not None and auth_request.used_at is not None:
             url = resolve_url(app_settings.FAILURE_URL)
             separator = "&" if "?" in url else "?"
             return HttpResponseRedirect(f"{url}{separator}{urlencode({'reason': error.reason})}")

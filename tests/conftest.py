@@ -31,5 +31,10 @@ def staff_client(client, staff):
 
 @pytest.fixture
 def api_client(db):
-    return make_client(slug="kseries", provider="k-series", environment="trial",
-                       client_id="devp-abc", client_secret="s3cret-value")
+    return make_client(
+        slug="kseries",
+        provider="k-series",
+        environment="trial",
+        client_id="devp-abc",
+        client_secret="s3cret-value",
+    )

@@ -19,5 +19,7 @@ def raw_column(model, pk, column: str) -> str:
     with connection.cursor() as cursor:
         cursor.execute(
             f"SELECT {connection.ops.quote_name(column)} "
-            f"FROM {connection.ops.quote_name(model._meta.db_table)} WHERE id = %s", [pk])
+            f"FROM {connection.ops.quote_name(model._meta.db_table)} WHERE id = %s",
+            [pk],
+        )
         return cursor.fetchone()[0]

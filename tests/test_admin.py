@@ -46,11 +46,18 @@ def invitation_url(client: ApiClient) -> str:
 
 def client_form_data(client: ApiClient, **changes) -> dict:
     data = {
-        "name": client.name, "slug": client.slug, "provider": client.provider,
-        "environment": client.environment, "client_id": client.client_id, "client_secret": "",
-        "redirect_uri": client.redirect_uri, "scopes": client.scopes,
-        "authorize_url": client.authorize_url, "token_url": client.token_url,
-        "provider_options": "{}", "is_active": "on",
+        "name": client.name,
+        "slug": client.slug,
+        "provider": client.provider,
+        "environment": client.environment,
+        "client_id": client.client_id,
+        "client_secret": "",
+        "redirect_uri": client.redirect_uri,
+        "scopes": client.scopes,
+        "authorize_url": client.authorize_url,
+        "token_url": client.token_url,
+        "provider_options": "{}",
+        "is_active": "on",
     }
     data.update(changes)
     return data
@@ -61,9 +68,15 @@ def messages_of(response) -> list[tuple[int, str]]:
 
 
 def run_action(admin_client, action: str, companies, **extra):
-    return admin_client.post(changelist_url(ConnectedCompany), {
-        "action": action, "_selected_action": [c.pk for c in companies], "index": 0, **extra,
-    })
+    return admin_client.post(
+        changelist_url(ConnectedCompany),
+        {
+            "action": action,
+            "_selected_action": [c.pk for c in companies],
+            "index": 0,
+            **extra,
+        },
+    )
 
 
 @pytest.fixture
@@ -73,14 +86,26 @@ def secret_client(db):
 
 @pytest.fixture
 def secret_company(secret_client):
-    company = make_company(secret_client, access_token=ACCESS_TOKEN, refresh_token=REFRESH_TOKEN,
-                           name="Bistro Uno", reference="crm-42")
-    TokenEvent.objects.create(company=company, kind=TokenEvent.Kind.CONNECTED,
-                              message="Connected.",
-                              details={"access_token": company.access_token_fingerprint})
+    company = make_company(
+        secret_client,
+        access_token=ACCESS_TOKEN,
+        refresh_token=REFRESH_TOKEN,
+        name="Bistro Uno",
+        reference="crm-42",
+    )
+    TokenEvent.objects.create(
+        company=company,
+        kind=TokenEvent.Kind.CONNECTED,
+        message="Connected.",
+        details={"access_token": company.access_token_fingerprint},
+    )
     AuthorizationRequest.objects.create(
-        client=secret_client, state=STATE, code_verifier=VERIFIER, reference="crm-42",
-        expires_at=timezone.now() + timedelta(minutes=10), company=company,
+        client=secret_client,
+        state=STATE,
+        code_verifier=VERIFIER,
+        reference="crm-42",
+        expires_at=timezone.now() + timedelta(minutes=10),
+        company=company,
     )
     return company
 
@@ -88,8 +113,7 @@ def secret_company(secret_client):
 # API clients ------------------------------------------------------------------------------------
 
 
-def test_client_list_counts_companies_by_status_in_one_query(admin_client,
-                                                             django_assert_max_num_queries):
+def test_client_list_counts_companies_by_status_in_one_query(admin_client, django_assert_max_num_queries):
     for n in range(3):
         client = make_client(name=f"Client {n}")
         make_company(client)
@@ -105,8 +129,12 @@ def test_client_list_counts_companies_by_status_in_one_query(admin_client,
     rows = {c.name: c for c in response.context["cl"].result_list}
     assert len(rows) == 3
     client = rows["Client 0"]
-    assert (client.connected_count, client.active_count, client.failing_count,
-            client.reauthorization_count) == (3, 1, 1, 1)
+    assert (
+        client.connected_count,
+        client.active_count,
+        client.failing_count,
+        client.reauthorization_count,
+    ) == (3, 1, 1, 1)
     assert "Restaurant K-Series (V1)" in response.content.decode()
 
 
@@ -124,26 +152,37 @@ def test_client_list_filters_by_provider_and_searches_client_id(admin_client, db
 def test_add_page_prefills_the_callback_as_redirect_uri_and_requires_a_secret(admin_client, db):
     page = admin_client.get(reverse("admin:lightspeed_oauth_apiclient_add"))
     assert page.context["adminform"].form.initial["redirect_uri"] == (
-        "http://testserver/lightspeed/callback/")
+        "http://testserver/lightspeed/callback/"
+    )
 
-    data = {"name": "New", "slug": "new", "provider": "retail-r", "environment": "production",
-            "client_id": "cid", "client_secret": "", "redirect_uri": "https://x.example/cb/",
-            "scopes": "employee:all", "authorize_url": "", "token_url": "",
-            "provider_options": "{}", "is_active": "on"}
+    data = {
+        "name": "New",
+        "slug": "new",
+        "provider": "retail-r",
+        "environment": "production",
+        "client_id": "cid",
+        "client_secret": "",
+        "redirect_uri": "https://x.example/cb/",
+        "scopes": "employee:all",
+        "authorize_url": "",
+        "token_url": "",
+        "provider_options": "{}",
+        "is_active": "on",
+    }
     without_secret = admin_client.post(reverse("admin:lightspeed_oauth_apiclient_add"), data)
     assert without_secret.status_code == 200
     assert "client_secret" in without_secret.context["adminform"].form.errors
     assert not ApiClient.objects.exists()
 
-    response = admin_client.post(reverse("admin:lightspeed_oauth_apiclient_add"),
-                                 {**data, "client_secret": "first-secret"})
+    response = admin_client.post(
+        reverse("admin:lightspeed_oauth_apiclient_add"), {**data, "client_secret": "first-secret"}
+    )
     assert response.status_code == 302
     assert ApiClient.objects.get(slug="new").client_secret == "first-secret"
 
 
 def test_blank_secret_on_the_change_page_keeps_the_stored_secret(admin_client, secret_client):
-    response = admin_client.post(change_url(secret_client),
-                                 client_form_data(secret_client, name="Renamed"))
+    response = admin_client.post(change_url(secret_client), client_form_data(secret_client, name="Renamed"))
 
     assert response.status_code == 302
     secret_client.refresh_from_db()
@@ -152,8 +191,9 @@ def test_blank_secret_on_the_change_page_keeps_the_stored_secret(admin_client, s
 
 
 def test_a_new_secret_on_the_change_page_replaces_the_stored_one(admin_client, secret_client):
-    response = admin_client.post(change_url(secret_client),
-                                 client_form_data(secret_client, client_secret="rotated-secret"))
+    response = admin_client.post(
+        change_url(secret_client), client_form_data(secret_client, client_secret="rotated-secret")
+    )
 
     assert response.status_code == 302
     secret_client.refresh_from_db()
@@ -169,16 +209,26 @@ def test_change_page_shows_only_the_secrets_fingerprint(admin_client, secret_cli
     assert re.search(r'<input type="password" name="client_secret"[^>]*>', content)
 
 
-@pytest.mark.parametrize("options, expected", [
-    ('{"token_auth": "header"}', "token_auth: must be one of 'basic', 'body'"),
-    ('{"pkce_mode": "on"}', "Unknown option 'pkce_mode'"),
-    ('["not", "an", "object"]', "Provider options must be a JSON object."),
-])
-def test_invalid_provider_options_show_an_error_and_save_nothing(admin_client, secret_client,
-                                                                 options, expected):
-    response = admin_client.post(change_url(secret_client), client_form_data(
-        secret_client, name="Should not be saved", client_secret="should-not-be-saved",
-        provider_options=options))
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ('{"token_auth": "header"}', "token_auth: must be one of 'basic', 'body'"),
+        ('{"pkce_mode": "on"}', "Unknown option 'pkce_mode'"),
+        ('["not", "an", "object"]', "Provider options must be a JSON object."),
+    ],
+)
+def test_invalid_provider_options_show_an_error_and_save_nothing(
+    admin_client, secret_client, options, expected
+):
+    response = admin_client.post(
+        change_url(secret_client),
+        client_form_data(
+            secret_client,
+            name="Should not be saved",
+            client_secret="should-not-be-saved",
+            provider_options=options,
+        ),
+    )
 
     assert response.status_code == 200
     errors = response.context["adminform"].form.errors["provider_options"]
@@ -190,8 +240,10 @@ def test_invalid_provider_options_show_an_error_and_save_nothing(admin_client, s
 
 
 def test_each_bad_provider_option_gets_its_own_message(admin_client, secret_client):
-    response = admin_client.post(change_url(secret_client), client_form_data(
-        secret_client, provider_options='{"token_auth": "header", "state_length": 3}'))
+    response = admin_client.post(
+        change_url(secret_client),
+        client_form_data(secret_client, provider_options='{"token_auth": "header", "state_length": 3}'),
+    )
 
     errors = response.context["adminform"].form.errors["provider_options"]
     assert len(errors) == 2
@@ -200,8 +252,9 @@ def test_each_bad_provider_option_gets_its_own_message(admin_client, secret_clie
 
 
 def test_model_clean_runs_for_a_custom_provider_without_urls(admin_client, secret_client):
-    response = admin_client.post(change_url(secret_client),
-                                 client_form_data(secret_client, provider="custom"))
+    response = admin_client.post(
+        change_url(secret_client), client_form_data(secret_client, provider="custom")
+    )
 
     assert response.status_code == 200
     assert "authorize_url" in response.context["adminform"].form.errors
@@ -210,17 +263,21 @@ def test_model_clean_runs_for_a_custom_provider_without_urls(admin_client, secre
 
 
 def test_valid_provider_options_are_saved(admin_client, secret_client):
-    response = admin_client.post(change_url(secret_client), client_form_data(
-        secret_client, provider_options='{"token_auth": "body", "state_length": 20}',
-        client_secret=CLIENT_SECRET))
+    response = admin_client.post(
+        change_url(secret_client),
+        client_form_data(
+            secret_client,
+            provider_options='{"token_auth": "body", "state_length": 20}',
+            client_secret=CLIENT_SECRET,
+        ),
+    )
 
     assert response.status_code == 302
     secret_client.refresh_from_db()
     assert secret_client.provider_options == {"token_auth": "body", "state_length": 20}
 
 
-def test_change_page_shows_the_redirect_uri_to_register_notes_and_buttons(admin_client,
-                                                                          secret_client):
+def test_change_page_shows_the_redirect_uri_to_register_notes_and_buttons(admin_client, secret_client):
     content = admin_client.get(change_url(secret_client)).content.decode()
 
     assert "Redirect URI to register" in content
@@ -261,8 +318,7 @@ def test_invitation_link_works_for_a_merchant_without_login(admin_client, secret
     assert page.status_code == 200
     assert page.context["form"]["max_age_hours"].value() == 7 * 24
 
-    response = admin_client.post(invitation_url(secret_client),
-                                 {"reference": "crm-7", "max_age_hours": 48})
+    response = admin_client.post(invitation_url(secret_client), {"reference": "crm-7", "max_age_hours": 48})
 
     assert response.status_code == 200
     content = response.content.decode()
@@ -320,11 +376,15 @@ def test_no_secret_appears_on_any_admin_page(admin_client, secret_company):
     auth_request = AuthorizationRequest.objects.get()
     event = TokenEvent.objects.get()
     pages = [
-        changelist_url(ApiClient), change_url(secret_company.client),
+        changelist_url(ApiClient),
+        change_url(secret_company.client),
         invitation_url(secret_company.client),
-        changelist_url(ConnectedCompany), change_url(secret_company),
-        changelist_url(AuthorizationRequest), change_url(auth_request),
-        changelist_url(TokenEvent), change_url(event),
+        changelist_url(ConnectedCompany),
+        change_url(secret_company),
+        changelist_url(AuthorizationRequest),
+        change_url(auth_request),
+        changelist_url(TokenEvent),
+        change_url(event),
     ]
     for url in pages:
         response = admin_client.get(url)
@@ -353,8 +413,9 @@ def test_company_list_shows_status_badge_and_time_to_expiry(admin_client, db):
     content = admin_client.get(changelist_url(ConnectedCompany)).content.decode()
 
     assert '<span class="ls-status ls-status-active">Active</span>' in content
-    assert ('<span class="ls-status ls-status-reauthorization_required">'
-            "Re-authorization required</span>") in content
+    assert (
+        '<span class="ls-status ls-status-reauthorization_required">Re-authorization required</span>'
+    ) in content
     assert "in 54 min" in content
     assert "expired 3 min ago" in content
     assert "Expires in" in content
@@ -386,8 +447,7 @@ def test_company_list_filters_and_searches(admin_client, db):
 
 
 def test_companies_cannot_be_added_from_the_admin(admin_client, db):
-    assert admin_client.get(reverse("admin:lightspeed_oauth_connectedcompany_add")
-                            ).status_code == 403
+    assert admin_client.get(reverse("admin:lightspeed_oauth_connectedcompany_add")).status_code == 403
 
 
 def test_only_name_and_reference_of_a_company_can_be_changed(admin_client, secret_company):
@@ -395,12 +455,20 @@ def test_only_name_and_reference_of_a_company_can_be_changed(admin_client, secre
     form = admin_client.get(url).context["adminform"].form
     assert set(form.fields) == {"name", "reference"}
 
-    response = admin_client.post(url, {
-        "name": "Renamed", "reference": "crm-43", "status": "disconnected",
-        "company_id": "forged", "access_token": "forged",
-        "events-TOTAL_FORMS": "1", "events-INITIAL_FORMS": "1",
-        "events-MIN_NUM_FORMS": "0", "events-MAX_NUM_FORMS": "0",
-    })
+    response = admin_client.post(
+        url,
+        {
+            "name": "Renamed",
+            "reference": "crm-43",
+            "status": "disconnected",
+            "company_id": "forged",
+            "access_token": "forged",
+            "events-TOTAL_FORMS": "1",
+            "events-INITIAL_FORMS": "1",
+            "events-MIN_NUM_FORMS": "0",
+            "events-MAX_NUM_FORMS": "0",
+        },
+    )
 
     assert response.status_code == 302
     company = ConnectedCompany.objects.get(pk=secret_company.pk)
@@ -413,9 +481,12 @@ def test_only_name_and_reference_of_a_company_can_be_changed(admin_client, secre
 def test_company_page_lists_its_newest_token_events(admin_client, secret_company):
     now = timezone.now()
     for n in range(60):
-        TokenEvent.objects.create(company=secret_company, kind=TokenEvent.Kind.REFRESHED,
-                                  message=f"Refresh number {n}.",
-                                  created_at=now + timedelta(minutes=n))
+        TokenEvent.objects.create(
+            company=secret_company,
+            kind=TokenEvent.Kind.REFRESHED,
+            message=f"Refresh number {n}.",
+            created_at=now + timedelta(minutes=n),
+        )
 
     content = admin_client.get(change_url(secret_company)).content.decode()
 
@@ -427,15 +498,13 @@ def test_company_page_lists_its_newest_token_events(admin_client, secret_company
     assert f"{events}?company__id__exact={secret_company.pk}" in content
 
 
-def test_saving_a_company_still_works_when_a_new_event_shifted_the_recent_ones(admin_client,
-                                                                              secret_company):
+def test_saving_a_company_still_works_when_a_new_event_shifted_the_recent_ones(admin_client, secret_company):
     for n in range(60):
         secret_company.events.create(kind=TokenEvent.Kind.REFRESHED, message=f"Refresh {n}.")
     url = change_url(secret_company)
     formset = admin_client.get(url).context["inline_admin_formsets"][0].formset
     data = {"name": "Renamed", "reference": ""}
-    data.update({f"{formset.prefix}-{key}": value
-                 for key, value in formset.management_form.initial.items()})
+    data.update({f"{formset.prefix}-{key}": value for key, value in formset.management_form.initial.items()})
     for form in formset.forms:
         data[form.add_prefix("id")] = form.instance.pk
         data[form.add_prefix("company")] = secret_company.pk
@@ -454,8 +523,9 @@ def test_lists_do_not_query_once_per_row(admin_client, model, django_assert_max_
     for n in range(5):
         company = make_company(make_client(), connected_by=None)
         company.events.create(kind=TokenEvent.Kind.CONNECTED, message="Connected.")
-        AuthorizationRequest.objects.create(client=company.client, state=f"state-{n}-abcdefgh",
-                                            expires_at=timezone.now(), company=company)
+        AuthorizationRequest.objects.create(
+            client=company.client, state=f"state-{n}-abcdefgh", expires_at=timezone.now(), company=company
+        )
 
     # Session, user, counts, rows, filters' choices (clients) and the date hierarchy.
     with django_assert_max_num_queries(10):
@@ -463,10 +533,10 @@ def test_lists_do_not_query_once_per_row(admin_client, model, django_assert_max_
 
 
 def test_all_events_link_filters_the_token_event_list(admin_client, secret_company):
-    make_company(secret_company.client).events.create(kind=TokenEvent.Kind.CONNECTED,
-                                                      message="Other company.")
-    response = admin_client.get(changelist_url(TokenEvent),
-                                {"company__id__exact": secret_company.pk})
+    make_company(secret_company.client).events.create(
+        kind=TokenEvent.Kind.CONNECTED, message="Other company."
+    )
+    response = admin_client.get(changelist_url(TokenEvent), {"company__id__exact": secret_company.pk})
 
     assert response.status_code == 200
     assert [e.company_id for e in response.context["cl"].result_list] == [secret_company.pk]
@@ -507,16 +577,14 @@ def test_refresh_now_reports_each_failure_without_stopping_the_others(admin_clie
         with FakeTokenEndpoint(working_client, mock=refusing._mock):
             response = run_action(admin_client, "refresh_now", [refused, gone, fine])
 
-    reported = dict((message.split(":")[0], (level, message))
-                    for level, message in messages_of(response))
+    reported = dict((message.split(":")[0], (level, message)) for level, message in messages_of(response))
     assert ConnectedCompany.objects.get(pk=refused.pk).status == Status.REAUTHORIZATION_REQUIRED
     level, message = reported["Refused"]
     assert level == levels.ERROR and "re-authorization" in message
     level, message = reported["Gone"]
     assert level == levels.ERROR and "disconnected" in message
     assert reported["Fine"][0] == levels.SUCCESS
-    assert ConnectedCompany.objects.get(pk=fine.pk).expires_at > timezone.now() + timedelta(
-        minutes=55)
+    assert ConnectedCompany.objects.get(pk=fine.pk).expires_at > timezone.now() + timedelta(minutes=55)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -533,16 +601,17 @@ def test_refresh_now_reports_a_transient_failure_as_a_warning(admin_client):
     assert ConnectedCompany.objects.get(pk=company.pk).status == Status.FAILING
 
 
-def test_disconnect_asks_for_confirmation_then_erases_tokens(admin_client, admin_user,
-                                                             secret_company):
+def test_disconnect_asks_for_confirmation_then_erases_tokens(admin_client, admin_user, secret_company):
     confirm = run_action(admin_client, "disconnect", [secret_company])
 
     assert confirm.status_code == 200
     assert 'id="confirm-disconnect"' in confirm.content.decode()
     assert ConnectedCompany.objects.get(pk=secret_company.pk).status == Status.ACTIVE
 
-    response = admin_client.post(changelist_url(ConnectedCompany), {
-        "action": "disconnect", "_selected_action": [secret_company.pk], "post": "yes"})
+    response = admin_client.post(
+        changelist_url(ConnectedCompany),
+        {"action": "disconnect", "_selected_action": [secret_company.pk], "post": "yes"},
+    )
 
     assert response.status_code == 302
     company = ConnectedCompany.objects.get(pk=secret_company.pk)
@@ -580,15 +649,21 @@ def test_authorization_requests_and_events_are_read_only(admin_client, secret_co
         assert page.status_code == 200
         assert not page.context["has_change_permission"]
         assert admin_client.post(change_url(obj), {}).status_code == 403
-        assert admin_client.post(reverse(f"admin:lightspeed_oauth_{name}_delete",
-                                         args=[obj.pk])).status_code == 403
+        assert (
+            admin_client.post(reverse(f"admin:lightspeed_oauth_{name}_delete", args=[obj.pk])).status_code
+            == 403
+        )
     assert AuthorizationRequest.objects.count() == 1 and TokenEvent.objects.count() == 1
 
 
 def test_authorization_requests_filter_by_outcome_and_invitation(admin_client, secret_company):
     AuthorizationRequest.objects.create(
-        client=secret_company.client, state="another-state-0123456789", via_invitation=True,
-        outcome=AuthorizationRequest.Outcome.DENIED, expires_at=timezone.now())
+        client=secret_company.client,
+        state="another-state-0123456789",
+        via_invitation=True,
+        outcome=AuthorizationRequest.Outcome.DENIED,
+        expires_at=timezone.now(),
+    )
     url = changelist_url(AuthorizationRequest)
 
     denied = admin_client.get(url, {"outcome__exact": "denied"}).context["cl"].result_list
@@ -598,13 +673,16 @@ def test_authorization_requests_filter_by_outcome_and_invitation(admin_client, s
     assert [r.state for r in invited] == ["another-state-0123456789"]
 
 
-@pytest.mark.parametrize("seconds, expected", [
-    (54 * 60 + 30, "in 54 min"),
-    (-(3 * 60 + 5), "expired 3 min ago"),
-    (30, "in 30 s"),
-    (2 * 3600 + 5 * 60, "in 2 h 5 min"),
-    (3 * 86400 + 60, "in 3 days"),
-])
+@pytest.mark.parametrize(
+    "seconds, expected",
+    [
+        (54 * 60 + 30, "in 54 min"),
+        (-(3 * 60 + 5), "expired 3 min ago"),
+        (30, "in 30 s"),
+        (2 * 3600 + 5 * 60, "in 2 h 5 min"),
+        (3 * 86400 + 60, "in 3 days"),
+    ],
+)
 def test_expiry_is_humanized(seconds, expected):
     now = timezone.now()
     assert humanize_expiry(now + timedelta(seconds=seconds), now=now) == expected
@@ -620,33 +698,43 @@ def test_a_token_url_with_a_stray_brace_is_refused_by_the_model():
 
     from django_lightspeed_oauth.models import ApiClient
 
-    client = ApiClient(name="c", slug="c", provider="custom", environment="production",
-                       client_id="i", client_secret="s",
-                       redirect_uri="https://site.example.com/cb/",
-                       authorize_url="https://a.example.com/authorize",
-                       token_url="https://a.example.com/{oops-}/token")
+    client = ApiClient(
+        name="c",
+        slug="c",
+        provider="custom",
+        environment="production",
+        client_id="i",
+        client_secret="s",
+        redirect_uri="https://site.example.com/cb/",
+        authorize_url="https://a.example.com/authorize",
+        token_url="https://a.example.com/{oops-}/token",
+    )
     with pytest.raises(ValidationError) as caught:
         client.full_clean()
     assert "token_url" in caught.value.message_dict
 
 
-@pytest.mark.parametrize("field,value", [
-    ("token_url", "https://collector.example.net/token"),
-    ("authorize_url", "https://collector.example.net/authorize"),
-    ("environment", "production"),
-    ("provider", "o-series"),
-    ("provider_options", '{"api_base_url": "https://collector.example.net"}'),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("token_url", "https://collector.example.net/token"),
+        ("authorize_url", "https://collector.example.net/authorize"),
+        ("environment", "production"),
+        ("provider", "o-series"),
+        ("provider_options", '{"api_base_url": "https://collector.example.net"}'),
+    ],
+)
 def test_changing_where_the_secret_is_sent_requires_entering_it_again(
     admin_client, secret_client, field, value
 ):
-    response = admin_client.post(change_url(secret_client),
-                                 client_form_data(secret_client, **{field: value}))
+    response = admin_client.post(change_url(secret_client), client_form_data(secret_client, **{field: value}))
     assert response.status_code == 200
     assert "Enter the client secret again" in response.content.decode()
     stored = ApiClient.objects.get(pk=secret_client.pk)
     assert getattr(stored, field) == getattr(secret_client, field)
 
-    response = admin_client.post(change_url(secret_client), client_form_data(
-        secret_client, client_secret=CLIENT_SECRET, **{field: value}))
+    response = admin_client.post(
+        change_url(secret_client),
+        client_form_data(secret_client, client_secret=CLIENT_SECRET, **{field: value}),
+    )
     assert response.status_code == 302

@@ -28,7 +28,9 @@ MANAGE = ROOT / "testproject" / "manage.py"
 ARTIFACTS = ROOT / ".ci-artifacts"
 # The README's screenshots are rewritten only on request (``make screenshots``), so that a test run
 # leaves the working tree alone; otherwise they go with the other artifacts.
-SCREENSHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else ARTIFACTS / "screenshots"
+SCREENSHOTS = (
+    ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") else ARTIFACTS / "screenshots"
+)
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -29,8 +29,12 @@ CALLBACK = "/lightspeed/callback/"
 TOKEN_URL = "https://api.trial.lsk.lightspeed.app/oauth/token"
 IDENTITY_URL = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
 BUSINESS = [{"businessId": 4242, "businessName": "Harbour Bistro"}]
-TOKENS = {"access_token": "AT-never-shown-1", "refresh_token": "RT-never-shown-1",
-          "expires_in": 3600, "token_type": "bearer"}
+TOKENS = {
+    "access_token": "AT-never-shown-1",
+    "refresh_token": "RT-never-shown-1",
+    "expires_in": 3600,
+    "token_type": "bearer",
+}
 
 
 def start(browser, client) -> str:
@@ -58,8 +62,7 @@ def assert_nothing_connected() -> None:
 # State ------------------------------------------------------------------------------------------
 
 
-def test_unknown_state_is_rejected_and_the_real_request_is_untouched(staff_client, api_client,
-                                                                     mocked):
+def test_unknown_state_is_rejected_and_the_real_request_is_untouched(staff_client, api_client, mocked):
     start(staff_client, api_client)
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": "A" * 32})
     assert_error_page(response, 400, "unknown_state", "This link is not one the site started.")
@@ -78,17 +81,20 @@ def test_missing_state_is_rejected(staff_client, api_client, mocked):
     assert_nothing_connected()
 
 
-@pytest.mark.parametrize("junk", [
-    "\x00" * 16,
-    "abcdefgh\x00ijklmnop",
-    "x" * 10_240,
-    "ünïcødé-stätè-válüé",
-    "state with spaces",
-    "'; DROP TABLE lightspeed_oauth_apiclient; --",
-    "short",
-], ids=["nul-bytes", "embedded-nul", "10kB", "unicode", "spaces", "sql", "too-short"])
-def test_a_state_that_is_not_one_we_could_have_issued_is_rejected(staff_client, api_client,
-                                                                  mocked, junk):
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "\x00" * 16,
+        "abcdefgh\x00ijklmnop",
+        "x" * 10_240,
+        "ünïcødé-stätè-válüé",
+        "state with spaces",
+        "'; DROP TABLE lightspeed_oauth_apiclient; --",
+        "short",
+    ],
+    ids=["nul-bytes", "embedded-nul", "10kB", "unicode", "spaces", "sql", "too-short"],
+)
+def test_a_state_that_is_not_one_we_could_have_issued_is_rejected(staff_client, api_client, mocked, junk):
     start(staff_client, api_client)
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": junk})
     assert_error_page(response, 400, "invalid_state", "This link is not one the site started.")
@@ -100,8 +106,9 @@ def test_a_state_that_is_not_one_we_could_have_issued_is_rejected(staff_client, 
 @pytest.mark.parametrize("order", ["junk-first", "real-first", "twice"])
 def test_a_repeated_state_parameter_is_rejected(staff_client, api_client, mocked, order):
     state = start(staff_client, api_client)
-    states = {"junk-first": ["B" * 32, state], "real-first": [state, "B" * 32],
-              "twice": [state, state]}[order]
+    states = {"junk-first": ["B" * 32, state], "real-first": [state, "B" * 32], "twice": [state, state]}[
+        order
+    ]
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": states})
     assert_error_page(response, 400, "invalid_state", "This link is not one the site started.")
     assert AuthorizationRequest.objects.get().used_at is None
@@ -126,8 +133,7 @@ def test_state_replayed_after_a_successful_connect_is_rejected(staff_client, api
     assert TokenEvent.objects.count() == 1
 
 
-def test_of_two_racing_callbacks_only_one_sends_the_code(staff_client, api_client, mocked,
-                                                        monkeypatch):
+def test_of_two_racing_callbacks_only_one_sends_the_code(staff_client, api_client, mocked, monkeypatch):
     state = start(staff_client, api_client)
     original = CallbackView.find_request
 
@@ -186,8 +192,9 @@ def test_a_callback_in_another_browser_is_refused_and_leaves_the_flow_usable(
 
 def test_merchant_declining_is_recorded_as_denied(staff_client, api_client, mocked):
     state = start(staff_client, api_client)
-    response = staff_client.get(CALLBACK, {"error": "access_denied", "state": state,
-                                           "error_description": "The user denied access"})
+    response = staff_client.get(
+        CALLBACK, {"error": "access_denied", "state": state, "error_description": "The user denied access"}
+    )
     assert_error_page(response, 400, "access_denied", "declined, so nothing was connected")
     auth_request = AuthorizationRequest.objects.get()
     assert auth_request.outcome == "denied"
@@ -200,13 +207,13 @@ def test_merchant_declining_is_recorded_as_denied(staff_client, api_client, mock
     assert_error_page(again, 400, "replayed_state", "already completed or cancelled")
 
 
-@pytest.mark.parametrize("error", ["server_error", "invalid_scope", "temporarily_unavailable",
-                                   "unauthorized_client"])
+@pytest.mark.parametrize(
+    "error", ["server_error", "invalid_scope", "temporarily_unavailable", "unauthorized_client"]
+)
 def test_other_provider_errors_are_recorded_as_failed(staff_client, api_client, mocked, error):
     state = start(staff_client, api_client)
     response = staff_client.get(CALLBACK, {"error": error, "state": state})
-    assert_error_page(response, 400, "provider_error",
-                      f"Lightspeed answered with an error ({error}).")
+    assert_error_page(response, 400, "provider_error", f"Lightspeed answered with an error ({error}).")
     auth_request = AuthorizationRequest.objects.get()
     assert (auth_request.outcome, auth_request.error) == ("failed", error)
     assert not mocked.calls
@@ -215,8 +222,10 @@ def test_other_provider_errors_are_recorded_as_failed(staff_client, api_client, 
 
 def test_a_junk_error_and_description_are_stored_cleaned(staff_client, api_client, mocked):
     state = start(staff_client, api_client)
-    response = staff_client.get(CALLBACK, {"error": "bad\x00<script>", "state": state,
-                                           "error_description": "nul\x00here\r\n" + "d" * 5000})
+    response = staff_client.get(
+        CALLBACK,
+        {"error": "bad\x00<script>", "state": state, "error_description": "nul\x00here\r\n" + "d" * 5000},
+    )
     assert_error_page(response, 400, "provider_error", "(invalid_error)")
     assert "<script>" not in response.content.decode()
     auth_request = AuthorizationRequest.objects.get()
@@ -238,10 +247,18 @@ def test_failure_url_receives_the_reason_once_the_state_is_spent(staff_client, a
 # The code ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", [{}, {"code": ""}, {"code": "has space"},
-                                    {"code": "nul\x00byte"}, {"code": "x" * 3000},
-                                    {"code": ["one", "two"]}],
-                         ids=["absent", "empty", "space", "nul", "too-long", "repeated"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"code": ""},
+        {"code": "has space"},
+        {"code": "nul\x00byte"},
+        {"code": "x" * 3000},
+        {"code": ["one", "two"]},
+    ],
+    ids=["absent", "empty", "space", "nul", "too-long", "repeated"],
+)
 def test_a_missing_or_junk_code_is_rejected_and_the_flow_stays_usable(
     staff_client, api_client, mocked, params
 ):
@@ -258,27 +275,38 @@ def test_a_missing_or_junk_code_is_rejected_and_the_flow_stays_usable(
 
 
 TOKEN_FAILURES = [
-    ("invalid_grant", dict(status=400, json={"error": "invalid_grant"}),
-     "refused the grant (invalid_grant)"),
-    ("invalid_client", dict(status=401, json={"error": "invalid_client"}),
-     "refused the API client's credentials"),
+    ("invalid_grant", dict(status=400, json={"error": "invalid_grant"}), "refused the grant (invalid_grant)"),
+    (
+        "invalid_client",
+        dict(status=401, json={"error": "invalid_client"}),
+        "refused the API client's credentials",
+    ),
     ("500", dict(status=500, json={"error": "server_error"}), "answered 500"),
-    ("503-retry-after-junk", dict(status=503, body="busy", content_type="text/plain",
-                                  headers={"Retry-After": "soon"}), "answered 503 text/plain"),
-    ("html-200", dict(status=200, body="<html><body>Maintenance</body></html>",
-                      content_type="text/html"), "not JSON (text/html)"),
-    ("invalid-json", dict(status=200, body="{not json", content_type="application/json"),
-     "not JSON"),
-    ("no-access-token", dict(status=200, json={"token_type": "bearer", "expires_in": 60}),
-     "has no 'access_token'"),
+    (
+        "503-retry-after-junk",
+        dict(status=503, body="busy", content_type="text/plain", headers={"Retry-After": "soon"}),
+        "answered 503 text/plain",
+    ),
+    (
+        "html-200",
+        dict(status=200, body="<html><body>Maintenance</body></html>", content_type="text/html"),
+        "not JSON (text/html)",
+    ),
+    ("invalid-json", dict(status=200, body="{not json", content_type="application/json"), "not JSON"),
+    (
+        "no-access-token",
+        dict(status=200, json={"token_type": "bearer", "expires_in": 60}),
+        "has no 'access_token'",
+    ),
     ("not-an-object", dict(status=200, json=["access_token"]), "not an object"),
     ("read-timeout", dict(body=requests.ReadTimeout("read timed out")), "did not answer in time"),
     ("connection-refused", dict(body=requests.ConnectionError("refused")), "could not be reached"),
 ]
 
 
-@pytest.mark.parametrize("answer,recorded", [c[1:] for c in TOKEN_FAILURES],
-                         ids=[c[0] for c in TOKEN_FAILURES])
+@pytest.mark.parametrize(
+    "answer,recorded", [c[1:] for c in TOKEN_FAILURES], ids=[c[0] for c in TOKEN_FAILURES]
+)
 def test_a_failing_token_endpoint_gives_a_clear_page_and_saves_nothing(
     staff_client, api_client, mocked, answer, recorded
 ):
@@ -306,8 +334,9 @@ IDENTITY_FAILURES = [
 ]
 
 
-@pytest.mark.parametrize("answer,recorded", [c[1:] for c in IDENTITY_FAILURES],
-                         ids=[c[0] for c in IDENTITY_FAILURES])
+@pytest.mark.parametrize(
+    "answer,recorded", [c[1:] for c in IDENTITY_FAILURES], ids=[c[0] for c in IDENTITY_FAILURES]
+)
 def test_a_failing_identity_endpoint_gives_a_clear_page_and_saves_nothing(
     staff_client, api_client, mocked, answer, recorded
 ):
@@ -324,8 +353,9 @@ def test_a_failing_identity_endpoint_gives_a_clear_page_and_saves_nothing(
     assert_nothing_connected()
 
 
-def test_a_provider_removed_since_the_flow_started_gives_a_clear_page(staff_client, api_client,
-                                                                     mocked, caplog):
+def test_a_provider_removed_since_the_flow_started_gives_a_clear_page(
+    staff_client, api_client, mocked, caplog
+):
     state = start(staff_client, api_client)
     type(api_client).objects.filter(pk=api_client.pk).update(provider="gone-provider")
 
@@ -361,10 +391,12 @@ def test_no_secret_reaches_a_log_or_the_page_on_success(staff_client, mocked, ca
     state = start(staff_client, client)
     verifier = AuthorizationRequest.objects.get().code_verifier
     assert len(verifier) >= 43
-    mocked.add(responses.POST, RETAIL_TOKEN_URL,
-               json={"access_token": ACCESS, "refresh_token": REFRESH, "expires_in": 3600})
-    mocked.add(responses.GET, RETAIL_IDENTITY_URL,
-               json={"Account": {"accountID": "1", "name": "Shop"}})
+    mocked.add(
+        responses.POST,
+        RETAIL_TOKEN_URL,
+        json={"access_token": ACCESS, "refresh_token": REFRESH, "expires_in": 3600},
+    )
+    mocked.add(responses.GET, RETAIL_IDENTITY_URL, json={"Account": {"accountID": "1", "name": "Shop"}})
 
     response = staff_client.get(CALLBACK, {"code": CODE, "state": state})
 
@@ -379,9 +411,15 @@ def test_a_token_endpoint_echoing_secrets_does_not_leak_them(staff_client, mocke
     client = make_client(provider="retail-r", environment="production", client_secret=SECRET)
     state = start(staff_client, client)
     verifier = AuthorizationRequest.objects.get().code_verifier
-    mocked.add(responses.POST, RETAIL_TOKEN_URL, status=400, json={
-        "error": "invalid_request",
-        "error_description": f"bad code {CODE} for secret {SECRET} and verifier {verifier}"})
+    mocked.add(
+        responses.POST,
+        RETAIL_TOKEN_URL,
+        status=400,
+        json={
+            "error": "invalid_request",
+            "error_description": f"bad code {CODE} for secret {SECRET} and verifier {verifier}",
+        },
+    )
 
     response = staff_client.get(CALLBACK, {"code": CODE, "state": state})
 
@@ -414,8 +452,7 @@ def test_a_k_series_code_sent_in_the_query_string_is_not_logged(staff_client, mo
 def test_connect_sends_an_anonymous_visitor_to_the_login_page(client, api_client):
     response = client.get("/lightspeed/connect/kseries/?reference=r1")
     assert response.status_code == 302
-    assert response["Location"] == (
-        "/admin/login/?next=/lightspeed/connect/kseries/%3Freference%3Dr1")
+    assert response["Location"] == ("/admin/login/?next=/lightspeed/connect/kseries/%3Freference%3Dr1")
     assert not AuthorizationRequest.objects.exists()
 
 
@@ -427,8 +464,7 @@ def test_connect_refuses_a_user_without_the_permission(client, api_client, djang
     assert not AuthorizationRequest.objects.exists()
 
 
-def test_connect_refuses_a_user_with_the_permission_who_is_not_staff(client, api_client,
-                                                                    django_user_model):
+def test_connect_refuses_a_user_with_the_permission_who_is_not_staff(client, api_client, django_user_model):
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.create_user("merchant", password="pw", is_staff=False)
@@ -456,18 +492,26 @@ def test_connect_answers_404_for_an_inactive_client(staff_client, api_client):
     assert not AuthorizationRequest.objects.exists()
 
 
-@pytest.mark.parametrize("next_url", [
-    "https://evil.example.com/", "//evil.example.com/path", "http://testserver.evil.com/",
-    "javascript:alert(1)", "/" + "a" * 2100,
-], ids=["other-host", "scheme-relative", "lookalike", "javascript", "too-long"])
+@pytest.mark.parametrize(
+    "next_url",
+    [
+        "https://evil.example.com/",
+        "//evil.example.com/path",
+        "http://testserver.evil.com/",
+        "javascript:alert(1)",
+        "/" + "a" * 2100,
+    ],
+    ids=["other-host", "scheme-relative", "lookalike", "javascript", "too-long"],
+)
 def test_connect_refuses_a_next_page_off_this_site(staff_client, api_client, next_url):
     response = staff_client.get("/lightspeed/connect/kseries/", {"next": next_url})
     assert_error_page(response, 400, "bad_next", "must be on this site")
     assert not AuthorizationRequest.objects.exists()
 
 
-@pytest.mark.parametrize("reference", ["r" * 256, "line\nbreak", "nul\x00"],
-                         ids=["too-long", "newline", "nul"])
+@pytest.mark.parametrize(
+    "reference", ["r" * 256, "line\nbreak", "nul\x00"], ids=["too-long", "newline", "nul"]
+)
 def test_connect_refuses_a_bad_reference(staff_client, api_client, reference):
     response = staff_client.get("/lightspeed/connect/kseries/", {"reference": reference})
     assert_error_page(response, 400, "bad_reference", "at most 255 printable characters")
@@ -494,8 +538,11 @@ def test_a_failing_company_connected_receiver_does_not_break_a_stored_connection
     try:
         state = start(staff_client, api_client)
         mocked.add(responses.POST, TOKEN_URL, json=TOKENS)
-        mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-                   json=[{"businessId": 5, "businessName": "B"}])
+        mocked.add(
+            responses.GET,
+            "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+            json=[{"businessId": 5, "businessName": "B"}],
+        )
         response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
     finally:
         signals.company_connected.disconnect(dispatch_uid="test-broken-connected")
@@ -514,8 +561,11 @@ def test_a_database_error_while_storing_gives_a_clear_page_and_records_why(
     monkeypatch.setattr(CallbackView, "store", fail)
     state = start(staff_client, api_client)
     mocked.add(responses.POST, TOKEN_URL, json=TOKENS)
-    mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-               json=[{"businessId": 5, "businessName": "B"}])
+    mocked.add(
+        responses.GET,
+        "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+        json=[{"businessId": 5, "businessName": "B"}],
+    )
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
     assert_error_page(response, 503, "store_failed", "could not save it")
     auth_request = AuthorizationRequest.objects.get()

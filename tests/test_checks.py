@@ -24,14 +24,21 @@ def ids(messages) -> list[str]:
 
 
 def all_checks(databases=None) -> list:
-    return (checks.check_encryption_keys() + checks.check_settings()
-            + checks.check_callback_url() + checks.check_api_clients(databases=databases))
+    return (
+        checks.check_encryption_keys()
+        + checks.check_settings()
+        + checks.check_callback_url()
+        + checks.check_api_clients(databases=databases)
+    )
 
 
 @pytest.mark.django_db
 def test_a_sane_setup_has_no_messages():
-    make_client(environment="production", redirect_uri="https://shop.example.com/cb/",
-                provider_options={"state_length": 40})
+    make_client(
+        environment="production",
+        redirect_uri="https://shop.example.com/cb/",
+        provider_options={"state_length": 40},
+    )
     assert all_checks(databases=["default"]) == []
     ours = [m for m in run_checks(databases=["default"]) if m.id.startswith("lightspeed_oauth.")]
     assert ours == []
@@ -71,11 +78,14 @@ def test_e003_a_provider_path_that_is_not_a_provider():
     assert "not a Provider subclass" in messages[0].msg
 
 
-@pytest.mark.parametrize("timeouts", [
-    {"LOCK_TIMEOUT": 30},  # default HTTP_TIMEOUT (5, 20): up to 35 s
-    {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": 15},  # 3 * 15 + 15 = 60: not longer
-    {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": (10, 40)},
-])
+@pytest.mark.parametrize(
+    "timeouts",
+    [
+        {"LOCK_TIMEOUT": 30},  # default HTTP_TIMEOUT (5, 20): up to 35 s
+        {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": 15},  # 3 * 15 + 15 = 60: not longer
+        {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": (10, 40)},
+    ],
+)
 def test_e004_a_lock_that_can_expire_during_a_token_request(timeouts):
     with lightspeed_settings(**timeouts):
         messages = checks.check_settings()

@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.processes, pytest.mark.django_db(transaction=True)]
 
 # The processes -----------------------------------------------------------------------------------
 
+
 @dataclass
 class SharedDatabase:
     """How a subprocess reaches the test's database, and helpers to run the worker commands."""
@@ -53,8 +54,11 @@ class SharedDatabase:
     def spawn(self, *args: str, **extra_env: str) -> subprocess.Popen:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.test_concurrency", *args],
-            cwd=ROOT, env={**self.env, **extra_env}, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env={**self.env, **extra_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.procs.append(proc)
         return proc
@@ -112,8 +116,13 @@ def sqlite_template(tmp_path_factory) -> Path | None:
         return None
     path = tmp_path_factory.mktemp("sqlite") / "template.sqlite3"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.test_concurrency", "migrate"], check=False, cwd=ROOT,
-        env={**_base_env(), "LS_DB_NAME": str(path)}, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "tests.test_concurrency", "migrate"],
+        check=False,
+        cwd=ROOT,
+        env={**_base_env(), "LS_DB_NAME": str(path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     return path
@@ -156,8 +165,10 @@ def server():
 
 # The tests ----------------------------------------------------------------------------------------
 
-def assert_one_clean_refresh(server: TokenServer, state: dict[str, Any], seeded_refresh: str,
-                             tokens: set[str]) -> None:
+
+def assert_one_clean_refresh(
+    server: TokenServer, state: dict[str, Any], seeded_refresh: str, tokens: set[str]
+) -> None:
     stats = server.stats()
     assert stats["invalid_grants"] == 0, stats
     assert stats["refreshes"] == 1, stats
@@ -165,8 +176,7 @@ def assert_one_clean_refresh(server: TokenServer, state: dict[str, Any], seeded_
     assert tokens == {state["access_token"]}
     # The database holds the newest refresh token of the family: nothing was lost.
     family = server.family(fingerprint(seeded_refresh))
-    assert family == {"id": family["id"], "current": state["refresh_token"], "refreshes": 1,
-                      "revoked": False}
+    assert family == {"id": family["id"], "current": state["refresh_token"], "refreshes": 1, "revoked": False}
     assert state["token_version"] == 1
     assert state["status"] == "active"
     assert state["lock"] == ""
@@ -185,8 +195,7 @@ def test_processes_and_commands_refresh_once(shared_db, server):
     summaries = [finish(proc) for proc in commands]
     state = shared_db.state(int(pk))
 
-    assert_one_clean_refresh(server, state, seeded["refresh_token"],
-                             {result["token"] for result in results})
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], {result["token"] for result in results})
     assert len(results) == 8
     for summary in summaries:
         assert summary["exit_code"] == 0, summary
@@ -272,8 +281,7 @@ def test_killed_refresher_blocks_only_for_the_lease(shared_db, server):
     assert (first, second) == ("dropped", "refreshed")
     # The victim took the lease just before its request; the survivor had to wait for the lease
     # to run out, and not much longer (its own start-up included).
-    assert LOCK_TIMEOUT - 0.5 <= survivor_at - victim_at <= LOCK_TIMEOUT + 5, (
-        survivor_at - victim_at)
+    assert LOCK_TIMEOUT - 0.5 <= survivor_at - victim_at <= LOCK_TIMEOUT + 5, survivor_at - victim_at
     assert_one_clean_refresh(server, state, seeded["refresh_token"], {survivor["token"]})
     assert server.stats()["dropped"] == 1
 
@@ -283,32 +291,43 @@ def test_token_server_command_line():
     import requests
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "django_lightspeed_oauth.tokenserver", "--port", "0",
-         "--latency-ms", "10", "--strict"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "django_lightspeed_oauth.tokenserver",
+            "--port",
+            "0",
+            "--latency-ms",
+            "10",
+            "--strict",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        token = {"grant_type": "refresh_token", "refresh_token": "seeded-token",
-                 "client_id": "id", "client_secret": "secret"}
+        token = {
+            "grant_type": "refresh_token",
+            "refresh_token": "seeded-token",
+            "client_id": "id",
+            "client_secret": "secret",
+        }
         assert requests.post(url + "/oauth/token", data=token, timeout=5).status_code == 400
-        assert requests.post(url + "/seed", data={"refresh_token": "seeded-token"},
-                             timeout=5).ok
+        assert requests.post(url + "/seed", data={"refresh_token": "seeded-token"}, timeout=5).ok
         answer = requests.post(url + "/oauth/token", data=token, timeout=5)
         assert answer.status_code == 200
         new = answer.json()["refresh_token"]
         reused = requests.post(url + "/oauth/token", data=token, timeout=5)
         assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
         # The whole family is revoked: the new token is refused too.
-        after = requests.post(url + "/oauth/token", data={**token, "refresh_token": new},
-                              timeout=5)
+        after = requests.post(url + "/oauth/token", data={**token, "refresh_token": new}, timeout=5)
         assert after.json()["error"] == "invalid_grant"
         stats = requests.get(url + "/stats", timeout=5).json()
         assert stats["refreshes"] == 1 and stats["invalid_grants"] == 3
         assert stats["revoked_families"] == 1
-        family = requests.get(url + "/family", params={"fingerprint": fingerprint(new)},
-                              timeout=5).json()
+        family = requests.get(url + "/family", params={"fingerprint": fingerprint(new)}, timeout=5).json()
         assert family["current"] == fingerprint(new) and family["revoked"] is True
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -317,6 +336,7 @@ def test_token_server_command_line():
 
 
 # The worker side (run in the subprocesses) ------------------------------------------------------
+
 
 def _setup_django() -> None:
     import django
@@ -385,13 +405,21 @@ def _state(pk: int) -> dict[str, Any]:
     from django_lightspeed_oauth.models import ConnectedCompany, TokenEvent
 
     company = ConnectedCompany.objects.get(pk=pk)
-    events = dict(TokenEvent.objects.filter(company=company).values_list("kind").annotate(
-        n=Count("pk")).values_list("kind", "n"))
+    events = dict(
+        TokenEvent.objects.filter(company=company)
+        .values_list("kind")
+        .annotate(n=Count("pk"))
+        .values_list("kind", "n")
+    )
     events.pop("connected", None)
-    return {"access_token": company.access_token,
-            "refresh_token": company.refresh_token_fingerprint,
-            "token_version": company.token_version, "status": company.status,
-            "lock": company.refresh_lock_id, "events": events}
+    return {
+        "access_token": company.access_token,
+        "refresh_token": company.refresh_token_fingerprint,
+        "token_version": company.token_version,
+        "status": company.status,
+        "lock": company.refresh_lock_id,
+        "events": events,
+    }
 
 
 def worker(argv: list[str]) -> dict[str, Any]:
@@ -411,9 +439,13 @@ def worker(argv: list[str]) -> dict[str, Any]:
 
     if command == "seed":
         url, expires_in = args[0], float(args[1])
-        client = make_client(provider="custom", authorize_url=url + "/authorize",
-                             token_url=url + "/oauth/token", scopes="",
-                             provider_options={"token_auth": "body", "token_params": "form"})
+        client = make_client(
+            provider="custom",
+            authorize_url=url + "/authorize",
+            token_url=url + "/oauth/token",
+            scopes="",
+            provider_options={"token_auth": "body", "token_params": "form"},
+        )
         company = make_company(client, expires_in=expires_in)
         return {"pk": company.pk, "refresh_token": company.refresh_token}
     pk = int(args[0])

@@ -14,8 +14,13 @@ from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompan
 from django_lightspeed_oauth.testing import make_client
 
 REDIRECT = "https://site.example.com/lightspeed/callback/"
-TOKEN_ANSWER = {"access_token": "AT-1", "refresh_token": "RT-1", "expires_in": 3600,
-                "token_type": "bearer", "scope": "a b"}
+TOKEN_ANSWER = {
+    "access_token": "AT-1",
+    "refresh_token": "RT-1",
+    "expires_in": 3600,
+    "token_type": "bearer",
+    "scope": "a b",
+}
 
 
 def basic(client_id, secret):
@@ -25,34 +30,83 @@ def basic(client_id, secret):
 # provider, environment, authorize URL, token URL (no query), identity URL, identity answer,
 # how the grant travels ("query" / "form"), client auth ("basic" / "body"), expected company id
 CASES = [
-    ("k-series", "production", "https://api.lsk.lightspeed.app/oauth/authorize",
-     "https://api.lsk.lightspeed.app/oauth/token",
-     "https://api.lsk.lightspeed.app/f/data/businesses",
-     [{"businessId": 4242, "businessName": "Harbour Bistro"}], "query", "basic", "4242"),
-    ("k-series", "trial", "https://api.trial.lsk.lightspeed.app/oauth/authorize",
-     "https://api.trial.lsk.lightspeed.app/oauth/token",
-     "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-     [{"businessId": 7, "businessName": "Trial Bistro"}], "query", "basic", "7"),
-    ("k-series-v2", "production",
-     "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/auth",
-     "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/token",
-     "https://api.lsk.lightspeed.app/f/data/businesses",
-     [{"businessId": 99, "businessName": "V2 Bistro"}], "form", "basic", "99"),
-    ("k-series-v2", "trial",
-     "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/auth",
-     "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/token",
-     "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-     [{"businessId": 98, "businessName": "V2 Demo"}], "form", "basic", "98"),
-    ("o-series", "production", "https://my.kounta.com/authorize",
-     "https://api.kounta.com/v1/token.json", "https://api.kounta.com/v1/companies/me.json",
-     {"id": 5150, "name": "Corner Café"}, "form", "body", "5150"),
-    ("retail-r", "production", "https://cloud.lightspeedapp.com/auth/oauth/authorize",
-     "https://cloud.lightspeedapp.com/auth/oauth/token",
-     "https://api.lightspeedapp.com/API/V3/Account.json",
-     {"Account": {"accountID": "123456", "name": "Bike Shop"}}, "form", "body", "123456"),
-    ("vendors", "production", "https://accounts.lightspeed.app/authorize",
-     "https://accounts.lightspeed.app/oauth/token", "https://accounts.lightspeed.app/userinfo",
-     {"sub": "vendor-77", "name": "Acme Supplies"}, "form", "basic", "vendor-77"),
+    (
+        "k-series",
+        "production",
+        "https://api.lsk.lightspeed.app/oauth/authorize",
+        "https://api.lsk.lightspeed.app/oauth/token",
+        "https://api.lsk.lightspeed.app/f/data/businesses",
+        [{"businessId": 4242, "businessName": "Harbour Bistro"}],
+        "query",
+        "basic",
+        "4242",
+    ),
+    (
+        "k-series",
+        "trial",
+        "https://api.trial.lsk.lightspeed.app/oauth/authorize",
+        "https://api.trial.lsk.lightspeed.app/oauth/token",
+        "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+        [{"businessId": 7, "businessName": "Trial Bistro"}],
+        "query",
+        "basic",
+        "7",
+    ),
+    (
+        "k-series-v2",
+        "production",
+        "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/auth",
+        "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/token",
+        "https://api.lsk.lightspeed.app/f/data/businesses",
+        [{"businessId": 99, "businessName": "V2 Bistro"}],
+        "form",
+        "basic",
+        "99",
+    ),
+    (
+        "k-series-v2",
+        "trial",
+        "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/auth",
+        "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/token",
+        "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+        [{"businessId": 98, "businessName": "V2 Demo"}],
+        "form",
+        "basic",
+        "98",
+    ),
+    (
+        "o-series",
+        "production",
+        "https://my.kounta.com/authorize",
+        "https://api.kounta.com/v1/token.json",
+        "https://api.kounta.com/v1/companies/me.json",
+        {"id": 5150, "name": "Corner Café"},
+        "form",
+        "body",
+        "5150",
+    ),
+    (
+        "retail-r",
+        "production",
+        "https://cloud.lightspeedapp.com/auth/oauth/authorize",
+        "https://cloud.lightspeedapp.com/auth/oauth/token",
+        "https://api.lightspeedapp.com/API/V3/Account.json",
+        {"Account": {"accountID": "123456", "name": "Bike Shop"}},
+        "form",
+        "body",
+        "123456",
+    ),
+    (
+        "vendors",
+        "production",
+        "https://accounts.lightspeed.app/authorize",
+        "https://accounts.lightspeed.app/oauth/token",
+        "https://accounts.lightspeed.app/userinfo",
+        {"sub": "vendor-77", "name": "Acme Supplies"},
+        "form",
+        "basic",
+        "vendor-77",
+    ),
 ]
 
 
@@ -65,20 +119,41 @@ def start(staff_client, client):
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     "provider,environment,authorize_url,token_url,identity_url,identity,params_in,auth,company_id",
-    CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+    CASES,
+    ids=[f"{c[0]}-{c[1]}" for c in CASES],
+)
 def test_connect_sends_exactly_what_the_provider_expects(
-    staff_client, mocked, provider, environment, authorize_url, token_url, identity_url, identity,
-    params_in, auth, company_id,
+    staff_client,
+    mocked,
+    provider,
+    environment,
+    authorize_url,
+    token_url,
+    identity_url,
+    identity,
+    params_in,
+    auth,
+    company_id,
 ):
-    client = make_client(provider=provider, environment=environment, client_id="cid-1",
-                         client_secret="csecret-1", redirect_uri=REDIRECT,
-                         scopes="orders-api offline_access")
+    client = make_client(
+        provider=provider,
+        environment=environment,
+        client_id="cid-1",
+        client_secret="csecret-1",
+        redirect_uri=REDIRECT,
+        scopes="orders-api offline_access",
+    )
     location = start(staff_client, client)
     assert f"{location.scheme}://{location.netloc}{location.path}" == authorize_url
     query = dict(parse_qsl(location.query))
     state = query["state"]
-    expected = {"response_type": "code", "client_id": "cid-1", "redirect_uri": REDIRECT,
-                "scope": "orders-api offline_access", "state": state}
+    expected = {
+        "response_type": "code",
+        "client_id": "cid-1",
+        "redirect_uri": REDIRECT,
+        "scope": "orders-api offline_access",
+        "state": state,
+    }
     if provider == "vendors":
         assert query.pop("code_challenge_method") == "S256"
         assert len(query.pop("code_challenge")) == 43
@@ -128,27 +203,40 @@ def test_connect_sends_exactly_what_the_provider_expects(
 
 @pytest.mark.django_db
 def test_retail_x_builds_the_token_url_from_the_callbacks_domain_prefix(staff_client, mocked):
-    client = make_client(provider="retail-x", environment="production", client_id="x-id",
-                         client_secret="x-secret", redirect_uri=REDIRECT, scopes="")
+    client = make_client(
+        provider="retail-x",
+        environment="production",
+        client_id="x-id",
+        client_secret="x-secret",
+        redirect_uri=REDIRECT,
+        scopes="",
+    )
     location = start(staff_client, client)
     assert f"{location.scheme}://{location.netloc}{location.path}" == (
-        "https://secure.retail.lightspeed.app/connect")
+        "https://secure.retail.lightspeed.app/connect"
+    )
     query = dict(parse_qsl(location.query))
     assert len(query["state"]) >= 8 and "scope" not in query
     token_url = "https://mystore.retail.lightspeed.app/api/1.0/token"
-    mocked.add(responses.POST, token_url, json={
-        **TOKEN_ANSWER, "domain_prefix": "mystore", "expires": 1_900_000_000})
+    mocked.add(
+        responses.POST, token_url, json={**TOKEN_ANSWER, "domain_prefix": "mystore", "expires": 1_900_000_000}
+    )
 
-    response = staff_client.get("/lightspeed/callback/", {
-        "code": "c0de", "state": query["state"], "domain_prefix": "mystore"})
+    response = staff_client.get(
+        "/lightspeed/callback/", {"code": "c0de", "state": query["state"], "domain_prefix": "mystore"}
+    )
 
     assert response.status_code == 200
     (call,) = mocked.calls
     assert call.request.url == token_url
     assert "Authorization" not in call.request.headers
     assert dict(parse_qsl(call.request.body)) == {
-        "grant_type": "authorization_code", "code": "c0de", "redirect_uri": REDIRECT,
-        "client_id": "x-id", "client_secret": "x-secret"}
+        "grant_type": "authorization_code",
+        "code": "c0de",
+        "redirect_uri": REDIRECT,
+        "client_id": "x-id",
+        "client_secret": "x-secret",
+    }
     company = ConnectedCompany.objects.get()
     assert company.company_id == "mystore"
     assert company.details["domain_prefix"] == "mystore"
@@ -159,8 +247,9 @@ def test_retail_x_builds_the_token_url_from_the_callbacks_domain_prefix(staff_cl
 def test_retail_x_rejects_a_domain_prefix_that_is_not_a_store_name(staff_client, mocked, prefix):
     client = make_client(provider="retail-x", environment="production", redirect_uri=REDIRECT)
     state = dict(parse_qsl(start(staff_client, client).query))["state"]
-    response = staff_client.get("/lightspeed/callback/", {
-        "code": "c", "state": state, "domain_prefix": prefix})
+    response = staff_client.get(
+        "/lightspeed/callback/", {"code": "c", "state": state, "domain_prefix": prefix}
+    )
     assert response.status_code == 400
     assert not mocked.calls
     assert not ConnectedCompany.objects.exists()
@@ -168,13 +257,20 @@ def test_retail_x_rejects_a_domain_prefix_that_is_not_a_store_name(staff_client,
 
 @pytest.mark.django_db
 def test_vendors_reads_the_company_from_the_id_token_without_a_userinfo_call(staff_client, mocked):
-    client = make_client(provider="vendors", environment="production", redirect_uri=REDIRECT,
-                         scopes="openid profile offline_access")
+    client = make_client(
+        provider="vendors",
+        environment="production",
+        redirect_uri=REDIRECT,
+        scopes="openid profile offline_access",
+    )
     state = dict(parse_qsl(start(staff_client, client).query))["state"]
     claims = base64.urlsafe_b64encode(json.dumps({"sub": "v-1", "name": "Vendor One"}).encode())
     id_token = "e30." + claims.decode().rstrip("=") + ".sig"
-    mocked.add(responses.POST, "https://accounts.lightspeed.app/oauth/token",
-               json={**TOKEN_ANSWER, "id_token": id_token})
+    mocked.add(
+        responses.POST,
+        "https://accounts.lightspeed.app/oauth/token",
+        json={**TOKEN_ANSWER, "id_token": id_token},
+    )
     response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})
     assert response.status_code == 200
     assert len(mocked.calls) == 1
@@ -185,25 +281,38 @@ def test_vendors_reads_the_company_from_the_id_token_without_a_userinfo_call(sta
 @pytest.mark.django_db
 def test_custom_provider_follows_its_options(staff_client, mocked):
     client = make_client(
-        provider="custom", environment="production", client_id="cc", client_secret="cs",
-        redirect_uri=REDIRECT, scopes="read write",
+        provider="custom",
+        environment="production",
+        client_id="cc",
+        client_secret="cs",
+        redirect_uri=REDIRECT,
+        scopes="read write",
         authorize_url="https://auth.example.com/oauth2/authorize",
         token_url="https://auth.example.com/oauth2/token",
         provider_options={
-            "token_auth": "body", "token_params": "json", "pkce": "required",
-            "state_length": 24, "scope_separator": ",", "access_token_key": "token",
-            "refresh_token_key": "renew", "expires_in_key": "ttl",
-            "identity_url": "https://api.example.com/me", "identity_id_key": "company.uid",
-            "identity_name_key": "company.title"},
+            "token_auth": "body",
+            "token_params": "json",
+            "pkce": "required",
+            "state_length": 24,
+            "scope_separator": ",",
+            "access_token_key": "token",
+            "refresh_token_key": "renew",
+            "expires_in_key": "ttl",
+            "identity_url": "https://api.example.com/me",
+            "identity_id_key": "company.uid",
+            "identity_name_key": "company.title",
+        },
     )
     query = dict(parse_qsl(start(staff_client, client).query))
     assert query["scope"] == "read,write"
     assert len(query["state"]) == 24
     assert query["code_challenge_method"] == "S256"
-    mocked.add(responses.POST, "https://auth.example.com/oauth2/token",
-               json={"token": "T", "renew": "R", "ttl": 60})
-    mocked.add(responses.GET, "https://api.example.com/me",
-               json={"company": {"uid": "u-9", "title": "Example"}})
+    mocked.add(
+        responses.POST, "https://auth.example.com/oauth2/token", json={"token": "T", "renew": "R", "ttl": 60}
+    )
+    mocked.add(
+        responses.GET, "https://api.example.com/me", json={"company": {"uid": "u-9", "title": "Example"}}
+    )
 
     response = staff_client.get("/lightspeed/callback/", {"code": "k", "state": query["state"]})
 
@@ -212,8 +321,13 @@ def test_custom_provider_follows_its_options(staff_client, mocked):
     assert sent.headers["Content-Type"] == "application/json"
     body = json.loads(sent.body)
     assert body.pop("code_verifier")
-    assert body == {"grant_type": "authorization_code", "code": "k", "redirect_uri": REDIRECT,
-                    "client_id": "cc", "client_secret": "cs"}
+    assert body == {
+        "grant_type": "authorization_code",
+        "code": "k",
+        "redirect_uri": REDIRECT,
+        "client_id": "cc",
+        "client_secret": "cs",
+    }
     company = ConnectedCompany.objects.get()
     assert (company.company_id, company.name, company.refresh_token) == ("u-9", "Example", "R")
 
@@ -221,14 +335,15 @@ def test_custom_provider_follows_its_options(staff_client, mocked):
 @pytest.mark.django_db
 def test_connecting_the_same_company_again_updates_its_row(staff_client, mocked, api_client):
     company_answer = [{"businessId": 1, "businessName": "Bistro"}]
-    mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-               json=company_answer)
+    mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses", json=company_answer)
     for n in (1, 2):
         state = dict(parse_qsl(start(staff_client, api_client).query))["state"]
-        mocked.add(responses.POST, "https://api.trial.lsk.lightspeed.app/oauth/token",
-                   json={**TOKEN_ANSWER, "access_token": f"AT-{n}", "refresh_token": f"RT-{n}"})
-        assert staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}
-                                ).status_code == 200
+        mocked.add(
+            responses.POST,
+            "https://api.trial.lsk.lightspeed.app/oauth/token",
+            json={**TOKEN_ANSWER, "access_token": f"AT-{n}", "refresh_token": f"RT-{n}"},
+        )
+        assert staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}).status_code == 200
     company = ConnectedCompany.objects.get()
     assert company.access_token == "AT-2" and company.refresh_token == "RT-2"
     assert company.token_version == 1
@@ -238,16 +353,20 @@ def test_connecting_the_same_company_again_updates_its_row(staff_client, mocked,
 @pytest.mark.django_db
 def test_company_connected_signal_and_next_redirect(staff_client, mocked, api_client):
     received = []
-    signals.company_connected.connect(lambda **kw: received.append(kw), weak=False,
-                                      dispatch_uid="test-connected")
+    signals.company_connected.connect(
+        lambda **kw: received.append(kw), weak=False, dispatch_uid="test-connected"
+    )
     try:
-        response = staff_client.get("/lightspeed/connect/kseries/",
-                                    {"next": "/admin/", "reference": "shop-12"})
+        response = staff_client.get(
+            "/lightspeed/connect/kseries/", {"next": "/admin/", "reference": "shop-12"}
+        )
         state = dict(parse_qsl(urlsplit(response["Location"]).query))["state"]
-        mocked.add(responses.POST, "https://api.trial.lsk.lightspeed.app/oauth/token",
-                   json=TOKEN_ANSWER)
-        mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-                   json=[{"businessId": 3, "businessName": "B"}])
+        mocked.add(responses.POST, "https://api.trial.lsk.lightspeed.app/oauth/token", json=TOKEN_ANSWER)
+        mocked.add(
+            responses.GET,
+            "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+            json=[{"businessId": 3, "businessName": "B"}],
+        )
         response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})
     finally:
         signals.company_connected.disconnect(dispatch_uid="test-connected")

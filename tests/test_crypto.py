@@ -26,14 +26,13 @@ REFRESH = "refresh-token-plain-7a3f"
 VERIFIER = "pkce-verifier-plain-" + "v" * 40
 
 
-
-
-
-
 def make_request(client, verifier=VERIFIER) -> AuthorizationRequest:
     return AuthorizationRequest.objects.create(
-        client=client, state="s" * 32, code_verifier=verifier,
-        expires_at=timezone.now() + timedelta(minutes=10))
+        client=client,
+        state="s" * 32,
+        code_verifier=verifier,
+        expires_at=timezone.now() + timedelta(minutes=10),
+    )
 
 
 # Nothing readable at rest -----------------------------------------------------------------------
@@ -61,11 +60,13 @@ def test_no_secret_is_stored_in_plain_text():
 
 @pytest.mark.django_db
 def test_secrets_read_back_as_plain_text_in_python():
-    company = make_company(make_client(client_secret=SECRET), access_token=ACCESS,
-                           refresh_token=REFRESH)
+    company = make_company(make_client(client_secret=SECRET), access_token=ACCESS, refresh_token=REFRESH)
     company = ConnectedCompany.objects.select_related("client").get(pk=company.pk)
     assert (company.client.client_secret, company.access_token, company.refresh_token) == (
-        SECRET, ACCESS, REFRESH)
+        SECRET,
+        ACCESS,
+        REFRESH,
+    )
 
 
 @pytest.mark.django_db
@@ -83,8 +84,10 @@ def test_adding_a_new_first_key_keeps_old_data_readable_and_encrypts_new_data_wi
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
     with encryption_keys(key_a):
         company = make_company(access_token=ACCESS, refresh_token=REFRESH)
-        assert Fernet(key_a).decrypt(raw_column(ConnectedCompany, company.pk, "access_token").encode()
-                                     ).decode() == ACCESS
+        assert (
+            Fernet(key_a).decrypt(raw_column(ConnectedCompany, company.pk, "access_token").encode()).decode()
+            == ACCESS
+        )
 
     with encryption_keys(key_b, key_a):
         company = ConnectedCompany.objects.get(pk=company.pk)
@@ -157,15 +160,16 @@ def test_reprs_and_strs_never_show_a_secret():
     client = make_client(client_secret=SECRET)
     company = make_company(client, access_token=ACCESS, refresh_token=REFRESH)
     auth_request = make_request(client)
-    tokens = TokenSet(access_token=ACCESS, refresh_token=REFRESH, expires_at=None,
-                      id_token="id-token-plain")
+    tokens = TokenSet(access_token=ACCESS, refresh_token=REFRESH, expires_at=None, id_token="id-token-plain")
     provider = get_provider("k-series")
     request = provider.token_request(
-        "https://api.lsk.lightspeed.app/oauth/token", client_id="cid", client_secret=SECRET,
-        grant=provider.refresh_grant(refresh_token=REFRESH, scopes=""))
+        "https://api.lsk.lightspeed.app/oauth/token",
+        client_id="cid",
+        client_secret=SECRET,
+        grant=provider.refresh_grant(refresh_token=REFRESH, scopes=""),
+    )
 
-    shown = " ".join(f"{repr(obj)} {str(obj)}"
-                     for obj in (client, company, auth_request, tokens, request))
+    shown = " ".join(f"{repr(obj)} {str(obj)}" for obj in (client, company, auth_request, tokens, request))
 
     for secret in (SECRET, ACCESS, REFRESH, VERIFIER, "id-token-plain"):
         assert secret not in shown

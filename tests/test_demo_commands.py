@@ -205,7 +205,10 @@ def _form_action(html: str, page_url: str) -> str:
 def test_every_demo_client_connects_through_the_sandbox(live_server, settings, client, demo):
     """Over real HTTP: staff starts the flow, the merchant allows, the callback stores the company."""
     settings.DEBUG = True
-    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "SANDBOX_URL": f"{live_server.url}/lightspeed-sandbox/"}
+    settings.LIGHTSPEED_OAUTH = {
+        **settings.LIGHTSPEED_OAUTH,
+        "SANDBOX_URL": f"{live_server.url}/lightspeed-sandbox/",
+    }
     run("lightspeed_demo", "--base-url", live_server.url)
     client.force_login(get_user_model().objects.get(username="admin"))
 

@@ -56,10 +56,16 @@ def test_a_merchant_without_a_login_connects_through_an_invitation(client, api_c
     assert auth_request.reference == "shop-42"
     assert auth_request.created_by is None
 
-    mocked.add(responses.POST, "https://api.trial.lsk.lightspeed.app/oauth/token",
-               json={"access_token": "A", "refresh_token": "R", "expires_in": 3600})
-    mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-               json=[{"businessId": 9, "businessName": "Shop"}])
+    mocked.add(
+        responses.POST,
+        "https://api.trial.lsk.lightspeed.app/oauth/token",
+        json={"access_token": "A", "refresh_token": "R", "expires_in": 3600},
+    )
+    mocked.add(
+        responses.GET,
+        "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+        json=[{"businessId": 9, "businessName": "Shop"}],
+    )
     done = client.get("/lightspeed/callback/", {"code": "c0de", "state": query["state"]})
     assert done.status_code == 200
     company = ConnectedCompany.objects.get()
@@ -88,8 +94,9 @@ def test_a_tampered_invitation_is_refused(client, api_client, tamper):
     if tamper == "signature":
         token = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
     elif tamper == "payload":
-        token = "." + signing.b64_encode(b'{"c":1,"r":"x","e":9999999999}').decode() + \
-            token[token.index(":"):]
+        token = (
+            "." + signing.b64_encode(b'{"c":1,"r":"x","e":9999999999}').decode() + token[token.index(":") :]
+        )
     elif tamper == "other-salt":
         token = signing.dumps({"c": api_client.pk, "r": "", "e": 9_999_999_999})
     else:

@@ -15,8 +15,9 @@ from django_lightspeed_oauth.providers import get_provider
 
 class TokenHandler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
-        body = json.dumps({"access_token": "NEW-ACCESS-abc", "refresh_token": "NEW-REFRESH-abc",
-                           "expires_in": 3600}).encode()
+        body = json.dumps(
+            {"access_token": "NEW-ACCESS-abc", "refresh_token": "NEW-REFRESH-abc", "expires_in": 3600}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -38,9 +39,13 @@ def server():
 
 def test_query_string_grants_are_redacted_from_urllib3_debug_logs(server, caplog):
     caplog.set_level(logging.DEBUG)
-    tokens = oauth.refresh_tokens(get_provider("k-series"), url=f"{server}/oauth/token",
-                                  client_id="devp-1", client_secret="SECRET-xyz",
-                                  refresh_token="OLD-REFRESH-xyz")
+    tokens = oauth.refresh_tokens(
+        get_provider("k-series"),
+        url=f"{server}/oauth/token",
+        client_id="devp-1",
+        client_secret="SECRET-xyz",
+        refresh_token="OLD-REFRESH-xyz",
+    )
     assert tokens.access_token == "NEW-ACCESS-abc"
     urllib3_lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
     assert any("/oauth/token" in line for line in urllib3_lines)  # urllib3 did log the request
@@ -54,9 +59,13 @@ def test_a_refused_connection_is_transient_and_names_no_secret():
     from django_lightspeed_oauth.exceptions import TransientTokenError
 
     with pytest.raises(TransientTokenError) as caught:
-        oauth.refresh_tokens(get_provider("k-series"), url="http://127.0.0.1:9/oauth/token",
-                             client_id="c", client_secret="SECRET-xyz",
-                             refresh_token="OLD-REFRESH-xyz")
+        oauth.refresh_tokens(
+            get_provider("k-series"),
+            url="http://127.0.0.1:9/oauth/token",
+            client_id="c",
+            client_secret="SECRET-xyz",
+            refresh_token="OLD-REFRESH-xyz",
+        )
     assert "could not be reached" in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
 
@@ -70,17 +79,17 @@ def test_proxy_settings_from_the_environment_are_still_honoured(monkeypatch):
     again = session.merge_environment_settings("https://b.example.com/y", {}, None, None, None)
     assert first["proxies"]["https"] == "http://proxy.internal:3128" == again["proxies"]["https"]
     first["proxies"]["https"] = "changed"  # a caller's change does not leak into the cache
-    assert session.merge_environment_settings("https://c.example.com/", {}, None, None, None)[
-        "proxies"]["https"] == "http://proxy.internal:3128"
+    assert (
+        session.merge_environment_settings("https://c.example.com/", {}, None, None, None)["proxies"]["https"]
+        == "http://proxy.internal:3128"
+    )
 
 
 def test_no_proxy_is_honoured_per_host(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example.com")
     session = oauth._Session()
-    bypassed = session.merge_environment_settings("https://internal.example.com/", {}, None,
-                                                  None, None)
-    proxied = session.merge_environment_settings("https://api.lightspeedapp.com/", {}, None,
-                                                 None, None)
+    bypassed = session.merge_environment_settings("https://internal.example.com/", {}, None, None, None)
+    proxied = session.merge_environment_settings("https://api.lightspeedapp.com/", {}, None, None, None)
     assert "https" not in bypassed["proxies"]
     assert proxied["proxies"]["https"] == "http://proxy.internal:3128"

@@ -102,7 +102,8 @@ def test_workers_refresh_everything_once():
 def test_a_company_locked_by_another_process_counts_as_busy_and_fine():
     company = make_company(expires_in=60)
     ConnectedCompany.objects.filter(pk=company.pk).update(
-        refresh_lock_id="x", refresh_lock_until=timezone.now() + timedelta(seconds=30))
+        refresh_lock_id="x", refresh_lock_until=timezone.now() + timedelta(seconds=30)
+    )
     with FakeTokenEndpoint(company.client) as fake:
         code, out = run("--json")
     assert code == 0 and json.loads(out)["busy"] == 1 and fake.refresh_count == 0

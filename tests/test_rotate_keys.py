@@ -33,10 +33,6 @@ pytestmark = pytest.mark.django_db
 OLD, NEW = Fernet.generate_key(), Fernet.generate_key()
 
 
-
-
-
-
 def decrypt_with(key: bytes, model, pk, column: str) -> str:
     return Fernet(key).decrypt(raw_column(model, pk, column).encode()).decode()
 
@@ -49,8 +45,11 @@ def old_data():
         company = make_company(client, access_token="access-1", refresh_token="refresh-1")
         disconnected = make_company(client, access_token="", refresh_token="")
         auth_request = AuthorizationRequest.objects.create(
-            client=client, state="s" * 32, code_verifier="verifier-1",
-            expires_at=timezone.now() + timedelta(minutes=5))
+            client=client,
+            state="s" * 32,
+            code_verifier="verifier-1",
+            expires_at=timezone.now() + timedelta(minutes=5),
+        )
     return client, company, disconnected, auth_request
 
 
@@ -68,7 +67,10 @@ def test_after_rotation_every_secret_decrypts_with_the_new_key_alone(old_data):
     with encryption_keys(NEW):  # the old key can go
         company = ConnectedCompany.objects.select_related("client").get(pk=company.pk)
         assert (company.access_token, company.refresh_token, company.client.client_secret) == (
-            "access-1", "refresh-1", "secret-1")
+            "access-1",
+            "refresh-1",
+            "secret-1",
+        )
         assert AuthorizationRequest.objects.get().code_verifier == "verifier-1"
 
 
@@ -94,8 +96,7 @@ def test_dry_run_counts_and_writes_nothing(old_data):
     client, company, _, _ = old_data
     before = raw_column(ConnectedCompany, company.pk, "refresh_token")
     with encryption_keys(NEW, OLD):
-        assert rotate_keys(dry_run=True) == {"ApiClient": 1, "ConnectedCompany": 1,
-                                             "AuthorizationRequest": 1}
+        assert rotate_keys(dry_run=True) == {"ApiClient": 1, "ConnectedCompany": 1, "AuthorizationRequest": 1}
     assert raw_column(ConnectedCompany, company.pk, "refresh_token") == before
     assert decrypt_with(OLD, ApiClient, client.pk, "client_secret") == "secret-1"
 
@@ -110,14 +111,15 @@ def test_a_refresh_during_rotation_is_not_overwritten(old_data, monkeypatch):
             refreshed.append(True)
             # Another process refreshes between our read and our write (with the new key first).
             ConnectedCompany.objects.filter(pk=company.pk).update(
-                access_token="access-2", refresh_token="refresh-2",
-                token_version=F("token_version") + 1)
+                access_token="access-2", refresh_token="refresh-2", token_version=F("token_version") + 1
+            )
         return real_decrypt(value)
 
     with encryption_keys(NEW, OLD):
         # ApiClient first: let the refresh land on the company's read instead.
-        monkeypatch.setattr(command, "ENCRYPTED_FIELDS", {
-            ConnectedCompany: command.ENCRYPTED_FIELDS[ConnectedCompany]})
+        monkeypatch.setattr(
+            command, "ENCRYPTED_FIELDS", {ConnectedCompany: command.ENCRYPTED_FIELDS[ConnectedCompany]}
+        )
         monkeypatch.setattr(crypto, "decrypt", decrypt_while_a_refresh_lands)
         rotate_keys()
 
@@ -157,8 +159,7 @@ def test_rows_no_key_can_decrypt_are_reported_without_their_secret(old_data):
     assert f"ConnectedCompany {lost.pk}" in message
     assert "lost-access" not in message and "lost-refresh" not in message
     # Everything readable was still rotated.
-    assert caught.value.counts == {"ApiClient": 1, "ConnectedCompany": 1,
-                                   "AuthorizationRequest": 1}
+    assert caught.value.counts == {"ApiClient": 1, "ConnectedCompany": 1, "AuthorizationRequest": 1}
     assert decrypt_with(NEW, ConnectedCompany, company.pk, "access_token") == "access-1"
     assert decrypt_with(lost_key, ConnectedCompany, lost.pk, "access_token") == "lost-access"
 
@@ -171,8 +172,7 @@ def test_rotation_streams_more_rows_than_one_chunk(monkeypatch):
     with encryption_keys(NEW, OLD):
         assert rotate_keys()["ConnectedCompany"] == 8
     for company in companies:
-        assert decrypt_with(NEW, ConnectedCompany, company.pk, "access_token") == (
-            company.access_token)
+        assert decrypt_with(NEW, ConnectedCompany, company.pk, "access_token") == (company.access_token)
 
 
 # The command ------------------------------------------------------------------------------------
@@ -209,6 +209,8 @@ def test_the_command_fails_clearly_when_a_key_is_missing(old_data):
 
 
 def test_the_command_refuses_an_invalid_key():
-    with override_settings(LIGHTSPEED_OAUTH={"ENCRYPTION_KEYS": ["nope"]}), \
-            pytest.raises(CommandError, match=r'\["ENCRYPTION_KEYS"\]\[0\] is not a valid'):
+    with (
+        override_settings(LIGHTSPEED_OAUTH={"ENCRYPTION_KEYS": ["nope"]}),
+        pytest.raises(CommandError, match=r'\["ENCRYPTION_KEYS"\]\[0\] is not a valid'),
+    ):
         call_command("rotate_lightspeed_keys", stdout=StringIO())

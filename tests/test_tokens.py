@@ -27,12 +27,13 @@ pytestmark = pytest.mark.django_db
 def received():
     """Collect every app signal sent during the test, by name."""
     got: dict[str, list] = {}
-    names = ["token_refreshed", "token_refresh_failed", "reauthorization_required",
-             "company_disconnected"]
+    names = ["token_refreshed", "token_refresh_failed", "reauthorization_required", "company_disconnected"]
     handlers = {}
     for name in names:
+
         def handler(name=name, **kwargs):
             got.setdefault(name, []).append(kwargs)
+
         handlers[name] = handler
         getattr(signals, name).connect(handler, weak=False, dispatch_uid=f"test-{name}")
     yield got
@@ -60,8 +61,7 @@ def test_expiring_token_is_refreshed_rotated_and_logged(received):
     assert stored.refresh_token == fake.last_refresh_token != old_refresh
     assert stored.expires_at > timezone.now() + timedelta(minutes=50)
     assert stored.token_version == 1 and stored.refresh_lock_id == ""
-    assert fake.requests[0]["params"] == {"grant_type": "refresh_token",
-                                          "refresh_token": old_refresh}
+    assert fake.requests[0]["params"] == {"grant_type": "refresh_token", "refresh_token": old_refresh}
     event = TokenEvent.objects.get(company=company, kind="refreshed")
     assert old_refresh not in str(event.details) and token not in str(event.details)
     assert event.details["rotated"] is True
@@ -116,10 +116,16 @@ def test_a_stale_copy_never_spends_the_rotated_away_refresh_token():
     assert stale.access_token == company.access_token
 
 
-@pytest.mark.parametrize("failure,status,retry_after", [
-    (503, 503, 120), (429, 429, 120), (500, 500, None), ("html", 200, None),
-    ("timeout", None, None),
-])
+@pytest.mark.parametrize(
+    "failure,status,retry_after",
+    [
+        (503, 503, 120),
+        (429, 429, 120),
+        (500, 500, None),
+        ("html", 200, None),
+        ("timeout", None, None),
+    ],
+)
 def test_transient_failures_back_off_and_keep_the_tokens(received, failure, status, retry_after):
     company = make_company(expires_in=120)  # within the margin, still valid
     before = (company.access_token, company.refresh_token)
@@ -164,7 +170,11 @@ def test_success_after_failures_resets_the_company(received):
         assert company.refresh(force=True) == "refreshed"
     stored = ConnectedCompany.objects.get(pk=company.pk)
     assert (stored.status, stored.failure_count, stored.last_error, stored.next_attempt_at) == (
-        "active", 0, "", None)
+        "active",
+        0,
+        "",
+        None,
+    )
 
 
 def test_disconnect_erases_tokens_and_keeps_history(received, django_user_model):
@@ -183,7 +193,8 @@ def test_a_held_lock_makes_others_wait_and_use_the_winners_token(settings):
     company = make_company(expires_in=60)
     # Another process holds the lease for a while and then finishes.
     ConnectedCompany.objects.filter(pk=company.pk).update(
-        refresh_lock_id="other", refresh_lock_until=timezone.now() + timedelta(seconds=30))
+        refresh_lock_id="other", refresh_lock_until=timezone.now() + timedelta(seconds=30)
+    )
     with FakeTokenEndpoint(company.client) as fake:
         result = refresh(company, wait=False)
     assert (result.outcome, result.waited) == ("fresh", True)
@@ -193,7 +204,8 @@ def test_a_held_lock_makes_others_wait_and_use_the_winners_token(settings):
 def test_an_expired_lease_is_taken_over():
     company = make_company(expires_in=60)
     ConnectedCompany.objects.filter(pk=company.pk).update(
-        refresh_lock_id="crashed", refresh_lock_until=timezone.now() - timedelta(seconds=1))
+        refresh_lock_id="crashed", refresh_lock_until=timezone.now() - timedelta(seconds=1)
+    )
     with FakeTokenEndpoint(company.client) as fake:
         assert company.refresh() == "refreshed"
     assert fake.refresh_count == 1
@@ -288,9 +300,17 @@ def test_a_disconnect_during_a_refresh_whose_lease_ran_out_wins(monkeypatch):
 
 def test_an_over_long_scope_or_token_type_does_not_block_storing_new_tokens(mocked):
     company = make_company(expires_in=60)
-    mocked.add(responses.POST, company.client.token_endpoint(), json={
-        "access_token": "A2", "refresh_token": "R2", "expires_in": 3600,
-        "token_type": "b" * 100, "scope": "s " * 1000})
+    mocked.add(
+        responses.POST,
+        company.client.token_endpoint(),
+        json={
+            "access_token": "A2",
+            "refresh_token": "R2",
+            "expires_in": 3600,
+            "token_type": "b" * 100,
+            "scope": "s " * 1000,
+        },
+    )
     assert company.refresh() == "refreshed"
     stored = ConnectedCompany.objects.get(pk=company.pk)
     assert stored.refresh_token == "R2" and len(stored.granted_scopes) == 1000

@@ -8,7 +8,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,112 +16,363 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ApiClient',
+            name="ApiClient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100, verbose_name='name')),
-                ('slug', models.SlugField(help_text='Part of the connect URL, e.g. connect/my-client/.', max_length=100, unique=True, verbose_name='slug')),
-                ('provider', models.CharField(help_text='The Lightspeed OAuth flavour this client speaks.', max_length=32, verbose_name='provider')),
-                ('environment', models.CharField(choices=[('production', 'Production'), ('trial', 'Trial / demo'), ('sandbox', 'Local sandbox')], default='production', max_length=16, verbose_name='environment')),
-                ('client_id', models.CharField(max_length=255, verbose_name='client id')),
-                ('client_secret', django_lightspeed_oauth.crypto.EncryptedTextField(blank=True, default='', editable=False, verbose_name='client secret')),
-                ('redirect_uri', models.URLField(help_text="Exactly as registered with Lightspeed: this site's callback URL.", max_length=500, verbose_name='redirect URI')),
-                ('scopes', models.CharField(blank=True, default='', help_text='Space-separated, as Lightspeed writes them.', max_length=1000, verbose_name='scopes')),
-                ('authorize_url', models.CharField(blank=True, default='', help_text="Blank: the provider's URL for the environment.", max_length=500, verbose_name='authorize URL')),
-                ('token_url', models.CharField(blank=True, default='', help_text="Blank: the provider's URL. Placeholders such as {domain_prefix} allowed.", max_length=500, verbose_name='token URL')),
-                ('provider_options', models.JSONField(blank=True, default=dict, verbose_name='provider options')),
-                ('is_active', models.BooleanField(default=True, verbose_name='active')),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100, verbose_name="name")),
+                (
+                    "slug",
+                    models.SlugField(
+                        help_text="Part of the connect URL, e.g. connect/my-client/.",
+                        max_length=100,
+                        unique=True,
+                        verbose_name="slug",
+                    ),
+                ),
+                (
+                    "provider",
+                    models.CharField(
+                        help_text="The Lightspeed OAuth flavour this client speaks.",
+                        max_length=32,
+                        verbose_name="provider",
+                    ),
+                ),
+                (
+                    "environment",
+                    models.CharField(
+                        choices=[
+                            ("production", "Production"),
+                            ("trial", "Trial / demo"),
+                            ("sandbox", "Local sandbox"),
+                        ],
+                        default="production",
+                        max_length=16,
+                        verbose_name="environment",
+                    ),
+                ),
+                ("client_id", models.CharField(max_length=255, verbose_name="client id")),
+                (
+                    "client_secret",
+                    django_lightspeed_oauth.crypto.EncryptedTextField(
+                        blank=True, default="", editable=False, verbose_name="client secret"
+                    ),
+                ),
+                (
+                    "redirect_uri",
+                    models.URLField(
+                        help_text="Exactly as registered with Lightspeed: this site's callback URL.",
+                        max_length=500,
+                        verbose_name="redirect URI",
+                    ),
+                ),
+                (
+                    "scopes",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="Space-separated, as Lightspeed writes them.",
+                        max_length=1000,
+                        verbose_name="scopes",
+                    ),
+                ),
+                (
+                    "authorize_url",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="Blank: the provider's URL for the environment.",
+                        max_length=500,
+                        verbose_name="authorize URL",
+                    ),
+                ),
+                (
+                    "token_url",
+                    models.CharField(
+                        blank=True,
+                        default="",
+                        help_text="Blank: the provider's URL. Placeholders such as {domain_prefix} allowed.",
+                        max_length=500,
+                        verbose_name="token URL",
+                    ),
+                ),
+                (
+                    "provider_options",
+                    models.JSONField(blank=True, default=dict, verbose_name="provider options"),
+                ),
+                ("is_active", models.BooleanField(default=True, verbose_name="active")),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
             ],
             options={
-                'verbose_name': 'API client',
-                'verbose_name_plural': 'API clients',
-                'ordering': ['name'],
+                "verbose_name": "API client",
+                "verbose_name_plural": "API clients",
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ConnectedCompany',
+            name="ConnectedCompany",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('company_id', models.CharField(help_text="The company's id at Lightspeed.", max_length=255, verbose_name='company id')),
-                ('name', models.CharField(blank=True, default='', max_length=255, verbose_name='name')),
-                ('reference', models.CharField(blank=True, db_index=True, default='', help_text='Your own label, from the connect or invitation link.', max_length=255, verbose_name='reference')),
-                ('status', models.CharField(choices=[('active', 'Active'), ('failing', 'Failing'), ('reauthorization_required', 'Re-authorization required'), ('disconnected', 'Disconnected')], default='active', max_length=32, verbose_name='status')),
-                ('access_token', django_lightspeed_oauth.crypto.EncryptedTextField(blank=True, default='', editable=False, verbose_name='access token')),
-                ('refresh_token', django_lightspeed_oauth.crypto.EncryptedTextField(blank=True, default='', editable=False, verbose_name='refresh token')),
-                ('token_type', models.CharField(blank=True, default='bearer', max_length=32)),
-                ('granted_scopes', models.CharField(blank=True, default='', max_length=1000, verbose_name='granted scopes')),
-                ('expires_at', models.DateTimeField(blank=True, null=True, verbose_name='access token expires')),
-                ('refresh_expires_at', models.DateTimeField(blank=True, null=True, verbose_name='refresh token expires')),
-                ('connected_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='connected')),
-                ('last_refreshed_at', models.DateTimeField(blank=True, null=True, verbose_name='last refreshed')),
-                ('failure_count', models.PositiveIntegerField(default=0, verbose_name='failures')),
-                ('last_error', models.TextField(blank=True, default='', verbose_name='last error')),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True, verbose_name='next attempt')),
-                ('details', models.JSONField(blank=True, default=dict, verbose_name='details')),
-                ('token_version', models.PositiveIntegerField(default=0, editable=False)),
-                ('refresh_lock_id', models.CharField(blank=True, default='', editable=False, max_length=32)),
-                ('refresh_lock_until', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True, verbose_name='created')),
-                ('updated_at', models.DateTimeField(auto_now=True, verbose_name='updated')),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='companies', to='lightspeed_oauth.apiclient', verbose_name='API client')),
-                ('connected_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='connected by')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "company_id",
+                    models.CharField(
+                        help_text="The company's id at Lightspeed.", max_length=255, verbose_name="company id"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, default="", max_length=255, verbose_name="name")),
+                (
+                    "reference",
+                    models.CharField(
+                        blank=True,
+                        db_index=True,
+                        default="",
+                        help_text="Your own label, from the connect or invitation link.",
+                        max_length=255,
+                        verbose_name="reference",
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("active", "Active"),
+                            ("failing", "Failing"),
+                            ("reauthorization_required", "Re-authorization required"),
+                            ("disconnected", "Disconnected"),
+                        ],
+                        default="active",
+                        max_length=32,
+                        verbose_name="status",
+                    ),
+                ),
+                (
+                    "access_token",
+                    django_lightspeed_oauth.crypto.EncryptedTextField(
+                        blank=True, default="", editable=False, verbose_name="access token"
+                    ),
+                ),
+                (
+                    "refresh_token",
+                    django_lightspeed_oauth.crypto.EncryptedTextField(
+                        blank=True, default="", editable=False, verbose_name="refresh token"
+                    ),
+                ),
+                ("token_type", models.CharField(blank=True, default="bearer", max_length=32)),
+                (
+                    "granted_scopes",
+                    models.CharField(blank=True, default="", max_length=1000, verbose_name="granted scopes"),
+                ),
+                (
+                    "expires_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="access token expires"),
+                ),
+                (
+                    "refresh_expires_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="refresh token expires"),
+                ),
+                (
+                    "connected_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="connected"),
+                ),
+                (
+                    "last_refreshed_at",
+                    models.DateTimeField(blank=True, null=True, verbose_name="last refreshed"),
+                ),
+                ("failure_count", models.PositiveIntegerField(default=0, verbose_name="failures")),
+                ("last_error", models.TextField(blank=True, default="", verbose_name="last error")),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True, verbose_name="next attempt")),
+                ("details", models.JSONField(blank=True, default=dict, verbose_name="details")),
+                ("token_version", models.PositiveIntegerField(default=0, editable=False)),
+                ("refresh_lock_id", models.CharField(blank=True, default="", editable=False, max_length=32)),
+                ("refresh_lock_until", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True, verbose_name="created")),
+                ("updated_at", models.DateTimeField(auto_now=True, verbose_name="updated")),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="companies",
+                        to="lightspeed_oauth.apiclient",
+                        verbose_name="API client",
+                    ),
+                ),
+                (
+                    "connected_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="connected by",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'connected company',
-                'verbose_name_plural': 'connected companies',
-                'ordering': ['name', 'pk'],
+                "verbose_name": "connected company",
+                "verbose_name_plural": "connected companies",
+                "ordering": ["name", "pk"],
             },
         ),
         migrations.CreateModel(
-            name='AuthorizationRequest',
+            name="AuthorizationRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('state', models.CharField(max_length=128, unique=True, verbose_name='state')),
-                ('code_verifier', django_lightspeed_oauth.crypto.EncryptedTextField(blank=True, default='', editable=False, verbose_name='PKCE verifier')),
-                ('browser_binding', models.CharField(blank=True, default='', editable=False, max_length=64)),
-                ('via_invitation', models.BooleanField(default=False, verbose_name='via invitation')),
-                ('next_url', models.CharField(blank=True, default='', max_length=2000, verbose_name='next URL')),
-                ('reference', models.CharField(blank=True, default='', max_length=255, verbose_name='reference')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, verbose_name='created')),
-                ('expires_at', models.DateTimeField(verbose_name='expires')),
-                ('used_at', models.DateTimeField(blank=True, null=True, verbose_name='used')),
-                ('outcome', models.CharField(choices=[('pending', 'Pending'), ('connected', 'Connected'), ('denied', 'Denied by the merchant'), ('failed', 'Failed')], default='pending', max_length=16, verbose_name='outcome')),
-                ('error', models.TextField(blank=True, default='', verbose_name='error')),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='authorization_requests', to='lightspeed_oauth.apiclient', verbose_name='API client')),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='started by')),
-                ('company', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='lightspeed_oauth.connectedcompany', verbose_name='company')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("state", models.CharField(max_length=128, unique=True, verbose_name="state")),
+                (
+                    "code_verifier",
+                    django_lightspeed_oauth.crypto.EncryptedTextField(
+                        blank=True, default="", editable=False, verbose_name="PKCE verifier"
+                    ),
+                ),
+                ("browser_binding", models.CharField(blank=True, default="", editable=False, max_length=64)),
+                ("via_invitation", models.BooleanField(default=False, verbose_name="via invitation")),
+                (
+                    "next_url",
+                    models.CharField(blank=True, default="", max_length=2000, verbose_name="next URL"),
+                ),
+                (
+                    "reference",
+                    models.CharField(blank=True, default="", max_length=255, verbose_name="reference"),
+                ),
+                (
+                    "created_at",
+                    models.DateTimeField(default=django.utils.timezone.now, verbose_name="created"),
+                ),
+                ("expires_at", models.DateTimeField(verbose_name="expires")),
+                ("used_at", models.DateTimeField(blank=True, null=True, verbose_name="used")),
+                (
+                    "outcome",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("connected", "Connected"),
+                            ("denied", "Denied by the merchant"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                        verbose_name="outcome",
+                    ),
+                ),
+                ("error", models.TextField(blank=True, default="", verbose_name="error")),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="authorization_requests",
+                        to="lightspeed_oauth.apiclient",
+                        verbose_name="API client",
+                    ),
+                ),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="started by",
+                    ),
+                ),
+                (
+                    "company",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="lightspeed_oauth.connectedcompany",
+                        verbose_name="company",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'authorization request',
-                'verbose_name_plural': 'authorization requests',
-                'ordering': ['-created_at'],
+                "verbose_name": "authorization request",
+                "verbose_name_plural": "authorization requests",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='TokenEvent',
+            name="TokenEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('connected', 'Connected'), ('refreshed', 'Refreshed'), ('refresh_failed', 'Refresh failed'), ('reauthorization_required', 'Re-authorization required'), ('disconnected', 'Disconnected')], max_length=32, verbose_name='kind')),
-                ('message', models.TextField(blank=True, default='', verbose_name='message')),
-                ('details', models.JSONField(blank=True, default=dict, verbose_name='details')),
-                ('created_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now, verbose_name='at')),
-                ('actor', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL, verbose_name='by')),
-                ('company', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='lightspeed_oauth.connectedcompany', verbose_name='company')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("connected", "Connected"),
+                            ("refreshed", "Refreshed"),
+                            ("refresh_failed", "Refresh failed"),
+                            ("reauthorization_required", "Re-authorization required"),
+                            ("disconnected", "Disconnected"),
+                        ],
+                        max_length=32,
+                        verbose_name="kind",
+                    ),
+                ),
+                ("message", models.TextField(blank=True, default="", verbose_name="message")),
+                ("details", models.JSONField(blank=True, default=dict, verbose_name="details")),
+                (
+                    "created_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now, verbose_name="at"),
+                ),
+                (
+                    "actor",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                        verbose_name="by",
+                    ),
+                ),
+                (
+                    "company",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="lightspeed_oauth.connectedcompany",
+                        verbose_name="company",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'token event',
-                'verbose_name_plural': 'token events',
-                'ordering': ['-created_at', '-pk'],
+                "verbose_name": "token event",
+                "verbose_name_plural": "token events",
+                "ordering": ["-created_at", "-pk"],
             },
         ),
         migrations.AddIndex(
-            model_name='connectedcompany',
-            index=models.Index(fields=['status', 'expires_at'], name='lightspeed_status_expiry'),
+            model_name="connectedcompany",
+            index=models.Index(fields=["status", "expires_at"], name="lightspeed_status_expiry"),
         ),
         migrations.AddConstraint(
-            model_name='connectedcompany',
-            constraint=models.UniqueConstraint(fields=('client', 'company_id'), name='lightspeed_oauth_unique_company_per_client'),
+            model_name="connectedcompany",
+            constraint=models.UniqueConstraint(
+                fields=("client", "company_id"), name="lightspeed_oauth_unique_company_per_client"
+            ),
         ),
     ]

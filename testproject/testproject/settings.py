@@ -143,7 +143,9 @@ def lightspeed_oauth_settings() -> dict[str, Any]:
         if ENV_PREFIX + key in env.ENVIRON:
             values[key] = _lightspeed_value(key, default)
     unknown = sorted(
-        name for name in env.ENVIRON if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] not in DEFAULTS
+        name
+        for name in env.ENVIRON
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :] not in DEFAULTS
     )
     if unknown:
         warnings.warn(

@@ -98,7 +98,9 @@ def set_up_demo(base_url: str = DEFAULT_BASE_URL) -> DemoResult:
             client.full_clean()
             client.save()
             # The sandbox knows the same client, as Lightspeed would after registering it.
-            register_client(demo.provider, client.client_id, client.client_secret, redirect_uri, name=client.name)
+            register_client(
+                demo.provider, client.client_id, client.client_secret, redirect_uri, name=client.name
+            )
             clients.append((client, created))
     return DemoResult(user_created=user_created, clients=clients, base_url=base_url)
 
@@ -164,4 +166,6 @@ class Command(BaseCommand):
                 self.stdout.write(f"  {label:<9}{base}{reverse(name)}")
             except NoReverseMatch:
                 self.stdout.write(f"  {label:<9}(not in this site's URLs: include them to use it)")
-        self.stdout.write(style.SUCCESS(f"Demo ready. Log in to the admin as {DEMO_USERNAME} / {DEMO_PASSWORD}."))
+        self.stdout.write(
+            style.SUCCESS(f"Demo ready. Log in to the admin as {DEMO_USERNAME} / {DEMO_PASSWORD}.")
+        )

@@ -17,15 +17,23 @@ Status = ConnectedCompany.Status
 
 
 class Command(BaseCommand):
-    help = ("Show connected companies per API client and status. Exits 1 when a company is "
-            "failing, has an expired token, or needs re-authorization.")
+    help = (
+        "Show connected companies per API client and status. Exits 1 when a company is "
+        "failing, has an expired token, or needs re-authorization."
+    )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--client", action="append", default=[], metavar="SLUG",
-                            help="Only this API client (repeatable).")
+        parser.add_argument(
+            "--client", action="append", default=[], metavar="SLUG", help="Only this API client (repeatable)."
+        )
         parser.add_argument("--json", action="store_true", help="Print JSON.")
-        parser.add_argument("--within", type=float, default=None, metavar="SECONDS",
-                            help="What counts as expiring soon (default REFRESH_WITHIN).")
+        parser.add_argument(
+            "--within",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="What counts as expiring soon (default REFRESH_WITHIN).",
+        )
 
     def handle(self, *args, **options) -> None:
         now = timezone.now()
@@ -39,21 +47,30 @@ class Command(BaseCommand):
             total=Count("companies"),
             active=Count("companies", filter=Q(companies__status=Status.ACTIVE)),
             failing=Count("companies", filter=Q(companies__status=Status.FAILING)),
-            reauthorization=Count("companies",
-                                  filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)),
+            reauthorization=Count("companies", filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)),
             disconnected=Count("companies", filter=Q(companies__status=Status.DISCONNECTED)),
-            expiring=Count("companies", filter=live & Q(companies__expires_at__lte=soon,
-                                                        companies__expires_at__gt=now)),
+            expiring=Count(
+                "companies", filter=live & Q(companies__expires_at__lte=soon, companies__expires_at__gt=now)
+            ),
             expired=Count("companies", filter=live & Q(companies__expires_at__lte=now)),
         )
-        rows = [{
-            "client": c.slug, "provider": c.provider, "environment": c.environment,
-            "active_client": c.is_active, "companies": c.total, "active": c.active,
-            "failing": c.failing, "reauthorization_required": c.reauthorization,
-            "disconnected": c.disconnected, "expiring_soon": c.expiring, "expired": c.expired,
-        } for c in clients]
-        attention = [r for r in rows if r["failing"] or r["reauthorization_required"]
-                     or r["expired"]]
+        rows = [
+            {
+                "client": c.slug,
+                "provider": c.provider,
+                "environment": c.environment,
+                "active_client": c.is_active,
+                "companies": c.total,
+                "active": c.active,
+                "failing": c.failing,
+                "reauthorization_required": c.reauthorization,
+                "disconnected": c.disconnected,
+                "expiring_soon": c.expiring,
+                "expired": c.expired,
+            }
+            for c in clients
+        ]
+        attention = [r for r in rows if r["failing"] or r["reauthorization_required"] or r["expired"]]
         if options["json"]:
             self.stdout.write(json.dumps({"clients": rows, "needs_attention": bool(attention)}))
         else:
@@ -62,11 +79,17 @@ class Command(BaseCommand):
             sys.exit(1)
 
     def write_table(self, rows: list[dict], attention: list[dict]) -> None:
-        columns = [("client", "CLIENT", 24), ("provider", "PROVIDER", 12),
-                   ("environment", "ENV", 11), ("active", "ACTIVE", 7),
-                   ("expiring_soon", "EXPIRING", 9), ("expired", "EXPIRED", 8),
-                   ("failing", "FAILING", 8), ("reauthorization_required", "REAUTH", 7),
-                   ("disconnected", "GONE", 5)]
+        columns = [
+            ("client", "CLIENT", 24),
+            ("provider", "PROVIDER", 12),
+            ("environment", "ENV", 11),
+            ("active", "ACTIVE", 7),
+            ("expiring_soon", "EXPIRING", 9),
+            ("expired", "EXPIRED", 8),
+            ("failing", "FAILING", 8),
+            ("reauthorization_required", "REAUTH", 7),
+            ("disconnected", "GONE", 5),
+        ]
         self.stdout.write(" ".join(f"{title:<{width}}" for _, title, width in columns).rstrip())
         for row in rows:
             text = " ".join(f"{str(row[key]):<{width}}" for key, _, width in columns).rstrip()
@@ -75,8 +98,11 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No API clients.")
         elif attention:
-            self.stdout.write(self.style.ERROR(
-                f"{len(attention)} API client(s) need attention: see failing, expired and "
-                "re-authorization columns."))
+            self.stdout.write(
+                self.style.ERROR(
+                    f"{len(attention)} API client(s) need attention: see failing, expired and "
+                    "re-authorization columns."
+                )
+            )
         else:
             self.stdout.write(self.style.SUCCESS("All connections healthy."))

@@ -21,25 +21,48 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--within", type=float, default=None, metavar="SECONDS",
-                            help="Refresh tokens that expire within this many seconds "
-                                 f"(default LIGHTSPEED_OAUTH['REFRESH_WITHIN'], "
-                                 f"{app_settings.REFRESH_WITHIN}).")
-        parser.add_argument("--client", action="append", default=[], metavar="SLUG",
-                            help="Only this API client (repeatable).")
-        parser.add_argument("--company", action="append", default=[], metavar="ID",
-                            help="Only this company (Lightspeed company id or primary key; "
-                                 "repeatable).")
-        parser.add_argument("--force", action="store_true",
-                            help="Refresh even tokens that are not expiring, ignoring back-off.")
-        parser.add_argument("--dry-run", action="store_true",
-                            help="List what would be refreshed; change nothing.")
-        parser.add_argument("--workers", type=int, default=4, metavar="N",
-                            help="Refresh this many companies at once (threads; default 4).")
-        parser.add_argument("--json", action="store_true",
-                            help="Print one JSON summary instead of text.")
-        parser.add_argument("--every", type=float, default=None, metavar="SECONDS",
-                            help="Run again every SECONDS until stopped (SIGTERM or Ctrl-C).")
+        parser.add_argument(
+            "--within",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Refresh tokens that expire within this many seconds "
+            f"(default LIGHTSPEED_OAUTH['REFRESH_WITHIN'], "
+            f"{app_settings.REFRESH_WITHIN}).",
+        )
+        parser.add_argument(
+            "--client", action="append", default=[], metavar="SLUG", help="Only this API client (repeatable)."
+        )
+        parser.add_argument(
+            "--company",
+            action="append",
+            default=[],
+            metavar="ID",
+            help="Only this company (Lightspeed company id or primary key; repeatable).",
+        )
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Refresh even tokens that are not expiring, ignoring back-off.",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="List what would be refreshed; change nothing."
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=4,
+            metavar="N",
+            help="Refresh this many companies at once (threads; default 4).",
+        )
+        parser.add_argument("--json", action="store_true", help="Print one JSON summary instead of text.")
+        parser.add_argument(
+            "--every",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Run again every SECONDS until stopped (SIGTERM or Ctrl-C).",
+        )
 
     def handle(self, *args, **options) -> None:
         if options["workers"] < 1:
@@ -91,9 +114,14 @@ class Command(BaseCommand):
                 self.stderr.flush()
 
         summary = refresh_due(
-            within=options["within"], clients=options["client"], company_ids=options["company"],
-            force=options["force"], dry_run=options["dry_run"], workers=options["workers"],
-            on_result=on_result, stop=stop,
+            within=options["within"],
+            clients=options["client"],
+            company_ids=options["company"],
+            force=options["force"],
+            dry_run=options["dry_run"],
+            workers=options["workers"],
+            on_result=on_result,
+            stop=stop,
         )
         if progress and count:
             self.stderr.write("")

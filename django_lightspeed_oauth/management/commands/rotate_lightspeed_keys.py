@@ -55,8 +55,9 @@ class _Rotation:
             return False
         return True
 
-    def plaintexts(self, model: type[models.Model], pk: Any, ciphertexts: tuple[str, ...]
-                   ) -> tuple[str, ...] | None:
+    def plaintexts(
+        self, model: type[models.Model], pk: Any, ciphertexts: tuple[str, ...]
+    ) -> tuple[str, ...] | None:
         """The values in plain text, or None (and the row noted) if no key decrypts one."""
         try:
             return tuple(crypto.decrypt(value) if value else "" for value in ciphertexts)
@@ -66,9 +67,11 @@ class _Rotation:
 
     def rows(self, model: type[models.Model], extra: tuple[str, ...] = ()):
         names = ENCRYPTED_FIELDS[model]
-        queryset = (model.objects.order_by("pk")
-                    .annotate(**{f"raw_{name}": _raw(name) for name in names})
-                    .values_list("pk", *extra, *(f"raw_{name}" for name in names)))
+        queryset = (
+            model.objects.order_by("pk")
+            .annotate(**{f"raw_{name}": _raw(name) for name in names})
+            .values_list("pk", *extra, *(f"raw_{name}" for name in names))
+        )
         return queryset.iterator(chunk_size=CHUNK_SIZE)
 
     # Per model ------------------------------------------------------------------------------
@@ -112,9 +115,12 @@ class _Rotation:
                 **dict(zip(names, plain))
             ):
                 return True
-            row = (ConnectedCompany.objects.filter(pk=pk)
-                   .annotate(**{f"raw_{name}": _raw(name) for name in names})
-                   .values_list("token_version", *(f"raw_{name}" for name in names)).first())
+            row = (
+                ConnectedCompany.objects.filter(pk=pk)
+                .annotate(**{f"raw_{name}": _raw(name) for name in names})
+                .values_list("token_version", *(f"raw_{name}" for name in names))
+                .first()
+            )
             if row is None:
                 return False  # deleted meanwhile
             version, *rest = row
@@ -123,8 +129,7 @@ class _Rotation:
         return False
 
 
-def rotate_keys(dry_run: bool = False,
-                report: Callable[[str, int], None] | None = None) -> dict[str, int]:
+def rotate_keys(dry_run: bool = False, report: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Re-encrypt every stored secret with the first key in ``ENCRYPTION_KEYS``.
 
     Returns, per model name, how many rows were re-encrypted (with ``dry_run``: would be). Rows
@@ -170,14 +175,13 @@ def rotate_keys(dry_run: bool = False,
 
 class Command(BaseCommand):
     help = (
-        'Re-encrypt every stored client secret, token and PKCE verifier with the first key in '
+        "Re-encrypt every stored client secret, token and PKCE verifier with the first key in "
         'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"], so that the keys after it can be removed. Deploy the '
         "new key list to every process first."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--dry-run", action="store_true",
-                            help="Only count what would be re-encrypted.")
+        parser.add_argument("--dry-run", action="store_true", help="Only count what would be re-encrypted.")
 
     def handle(self, *args: Any, dry_run: bool, **options: Any) -> None:
         verb = "to re-encrypt" if dry_run else "re-encrypted"
@@ -194,6 +198,9 @@ class Command(BaseCommand):
         if dry_run:
             self.stdout.write(f"Dry run: {total} row(s) would be re-encrypted; nothing written.")
         else:
-            self.stdout.write(self.style.SUCCESS(
-                f"Done: {total} row(s) re-encrypted. Every stored secret now uses the first key; "
-                "the keys after it can be removed."))
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"Done: {total} row(s) re-encrypted. Every stored secret now uses the first key; "
+                    "the keys after it can be removed."
+                )
+            )

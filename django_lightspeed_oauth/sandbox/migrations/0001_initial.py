@@ -5,83 +5,171 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='SandboxBehaviour',
+            name="SandboxBehaviour",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flavour', models.CharField(choices=[('k-series', 'Restaurant K-Series'), ('k-series-v2', 'Restaurant K-Series V2'), ('o-series', 'Restaurant O-Series'), ('retail-r', 'Retail R-Series'), ('retail-x', 'Retail X-Series'), ('vendors', 'Vendors (accounts.lightspeed.app)')], max_length=20, unique=True)),
-                ('deny_authorization', models.BooleanField(default=False, help_text='The consent page denies access at once, as if the merchant clicked Deny.')),
-                ('refresh_error', models.CharField(blank=True, choices=[('', 'none: refresh normally'), ('invalid_grant', '400 invalid_grant'), ('server_error', '500 HTML page')], default='', help_text='How the token endpoint answers refresh grants.', max_length=20)),
-                ('delay_ms', models.PositiveIntegerField(default=0, help_text='Milliseconds the token endpoint waits before answering.')),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "flavour",
+                    models.CharField(
+                        choices=[
+                            ("k-series", "Restaurant K-Series"),
+                            ("k-series-v2", "Restaurant K-Series V2"),
+                            ("o-series", "Restaurant O-Series"),
+                            ("retail-r", "Retail R-Series"),
+                            ("retail-x", "Retail X-Series"),
+                            ("vendors", "Vendors (accounts.lightspeed.app)"),
+                        ],
+                        max_length=20,
+                        unique=True,
+                    ),
+                ),
+                (
+                    "deny_authorization",
+                    models.BooleanField(
+                        default=False,
+                        help_text="The consent page denies access at once, as if the merchant clicked Deny.",
+                    ),
+                ),
+                (
+                    "refresh_error",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("", "none: refresh normally"),
+                            ("invalid_grant", "400 invalid_grant"),
+                            ("server_error", "500 HTML page"),
+                        ],
+                        default="",
+                        help_text="How the token endpoint answers refresh grants.",
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "delay_ms",
+                    models.PositiveIntegerField(
+                        default=0, help_text="Milliseconds the token endpoint waits before answering."
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'sandbox behaviour',
-                'verbose_name_plural': 'sandbox behaviours',
-                'ordering': ['flavour'],
+                "verbose_name": "sandbox behaviour",
+                "verbose_name_plural": "sandbox behaviours",
+                "ordering": ["flavour"],
             },
         ),
         migrations.CreateModel(
-            name='SandboxClient',
+            name="SandboxClient",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('flavour', models.CharField(choices=[('k-series', 'Restaurant K-Series'), ('k-series-v2', 'Restaurant K-Series V2'), ('o-series', 'Restaurant O-Series'), ('retail-r', 'Retail R-Series'), ('retail-x', 'Retail X-Series'), ('vendors', 'Vendors (accounts.lightspeed.app)')], max_length=20)),
-                ('client_id', models.CharField(max_length=200, unique=True)),
-                ('client_secret', models.CharField(max_length=200)),
-                ('redirect_uri', models.CharField(max_length=500)),
-                ('name', models.CharField(blank=True, max_length=200)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "flavour",
+                    models.CharField(
+                        choices=[
+                            ("k-series", "Restaurant K-Series"),
+                            ("k-series-v2", "Restaurant K-Series V2"),
+                            ("o-series", "Restaurant O-Series"),
+                            ("retail-r", "Retail R-Series"),
+                            ("retail-x", "Retail X-Series"),
+                            ("vendors", "Vendors (accounts.lightspeed.app)"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("client_id", models.CharField(max_length=200, unique=True)),
+                ("client_secret", models.CharField(max_length=200)),
+                ("redirect_uri", models.CharField(max_length=500)),
+                ("name", models.CharField(blank=True, max_length=200)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'verbose_name': 'sandbox client',
-                'ordering': ['flavour', 'client_id'],
+                "verbose_name": "sandbox client",
+                "ordering": ["flavour", "client_id"],
             },
         ),
         migrations.CreateModel(
-            name='SandboxGrant',
+            name="SandboxGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('company_id', models.CharField(max_length=100)),
-                ('company_name', models.CharField(max_length=200)),
-                ('domain_prefix', models.CharField(blank=True, max_length=100)),
-                ('scope', models.CharField(blank=True, max_length=500)),
-                ('redirect_uri', models.CharField(max_length=500)),
-                ('code_hash', models.CharField(max_length=64, unique=True)),
-                ('code_challenge', models.CharField(blank=True, max_length=128)),
-                ('nonce', models.CharField(blank=True, max_length=200)),
-                ('code_expires_at', models.DateTimeField()),
-                ('code_used_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('client', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='grants', to='lightspeed_sandbox.sandboxclient')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("company_id", models.CharField(max_length=100)),
+                ("company_name", models.CharField(max_length=200)),
+                ("domain_prefix", models.CharField(blank=True, max_length=100)),
+                ("scope", models.CharField(blank=True, max_length=500)),
+                ("redirect_uri", models.CharField(max_length=500)),
+                ("code_hash", models.CharField(max_length=64, unique=True)),
+                ("code_challenge", models.CharField(blank=True, max_length=128)),
+                ("nonce", models.CharField(blank=True, max_length=200)),
+                ("code_expires_at", models.DateTimeField()),
+                ("code_used_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "client",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grants",
+                        to="lightspeed_sandbox.sandboxclient",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'sandbox grant',
-                'ordering': ['-created_at'],
+                "verbose_name": "sandbox grant",
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='SandboxToken',
+            name="SandboxToken",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('access', 'access token'), ('refresh', 'refresh token')], max_length=10)),
-                ('token_hash', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('used_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('grant', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tokens', to='lightspeed_sandbox.sandboxgrant')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("access", "access token"), ("refresh", "refresh token")], max_length=10
+                    ),
+                ),
+                ("token_hash", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("used_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "grant",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="tokens",
+                        to="lightspeed_sandbox.sandboxgrant",
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'sandbox token',
-                'ordering': ['-created_at'],
+                "verbose_name": "sandbox token",
+                "ordering": ["-created_at"],
             },
         ),
     ]
