@@ -119,7 +119,14 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
     try:
         clients = list(
             ApiClient.objects.filter(is_active=True).only(
-                "slug", "provider", "environment", "redirect_uri", "provider_options"
+                "slug",
+                "provider",
+                "environment",
+                "redirect_uri",
+                "provider_options",
+                "scopes",
+                "credentials_refused_at",
+                "credentials_error",
             )
         )
     except DatabaseError:
@@ -156,4 +163,40 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
                     id="lightspeed_oauth.W002",
                 )
             )
+        messages.extend(_scope_and_credential_checks(client))
+    return messages
+
+
+def _scope_and_credential_checks(client: Any) -> list:
+    messages: list = []
+    missing = client.missing_scopes_message()
+    if missing:
+        messages.append(
+            Error(
+                f"API client {client.slug!r}: {missing}",
+                hint="Set the client's scopes in the admin (space-separated, as Lightspeed writes them).",
+                obj=client,
+                id="lightspeed_oauth.E009",
+            )
+        )
+    advice = client.scope_warning()
+    if advice:
+        messages.append(
+            Warning(
+                f"API client {client.slug!r}: {advice}",
+                hint="Add offline_access to the client's scopes.",
+                obj=client,
+                id="lightspeed_oauth.W003",
+            )
+        )
+    if client.credentials_refused_at:
+        messages.append(
+            Error(
+                f"API client {client.slug!r}: Lightspeed refused its credentials "
+                f"({client.credentials_error}); its companies are not being refreshed.",
+                hint="Correct the client id, secret or endpoints in the admin and save the client.",
+                obj=client,
+                id="lightspeed_oauth.E010",
+            )
+        )
     return messages

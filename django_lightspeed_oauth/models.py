@@ -19,6 +19,7 @@ from .crypto import EncryptedTextField, fingerprint
 from .exceptions import ConfigurationError, ProviderError
 from .providers import (
     ENVIRONMENTS,
+    BusinessLocation,
     Provider,
     check_url_template,
     get_provider,
@@ -86,8 +87,26 @@ class ApiClient(models.Model):
     )
     provider_options = models.JSONField(_("provider options"), default=dict, blank=True)
     is_active = models.BooleanField(_("active"), default=True)
+    # Set when a token endpoint refused the client itself (invalid_client / unauthorized_client):
+    # refreshes of its companies wait until the client is changed, so one wrong secret does not
+    # send every merchant back through the consent page.
+    credentials_refused_at = models.DateTimeField(
+        _("credentials refused"), null=True, blank=True, editable=False
+    )
+    credentials_error = models.TextField(_("credentials error"), blank=True, default="", editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    #: Changing any of these may fix refused credentials, so saving a change clears the refusal.
+    CREDENTIAL_FIELDS = (
+        "provider",
+        "environment",
+        "client_id",
+        "client_secret",
+        "redirect_uri",
+        "token_url",
+        "provider_options",
+    )
 
     class Meta:
         verbose_name = _("API client")
@@ -99,6 +118,54 @@ class ApiClient(models.Model):
 
     def __repr__(self) -> str:
         return f"<ApiClient {self.slug!r} provider={self.provider!r} env={self.environment!r}>"
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_credentials = instance._credentials()
+        return instance
+
+    def _credentials(self) -> tuple:
+        return tuple(repr(self.__dict__.get(name)) for name in self.CREDENTIAL_FIELDS)
+
+    def save(self, *args, **kwargs) -> None:
+        """Saving a change to the client's credentials or endpoints clears a credentials refusal."""
+        loaded = getattr(self, "_loaded_credentials", None)
+        if self.credentials_refused_at and loaded is not None and loaded != self._credentials():
+            self.credentials_refused_at = None
+            self.credentials_error = ""
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "credentials_refused_at", "credentials_error"}
+        super().save(*args, **kwargs)
+        self._loaded_credentials = self._credentials()
+
+    def clear_credentials_refusal(self) -> None:
+        """Let refreshes use this client again (after fixing it at Lightspeed, say)."""
+        ApiClient.objects.filter(pk=self.pk).update(credentials_refused_at=None, credentials_error="")
+        self.credentials_refused_at = None
+        self.credentials_error = ""
+
+    def missing_scopes_message(self) -> str:
+        """Why this client's scopes will be refused, or "" (a provider that requires scopes)."""
+        provider_class = provider_classes().get(self.provider)
+        if provider_class is None or not provider_class.requires_scopes or self.scopes.strip():
+            return ""
+        return str(
+            _("%(provider)s requires scopes: Lightspeed refuses an authorization without them. Add %(hint)s.")
+            % {"provider": provider_class.name, "hint": provider_class.scope_hint}
+        )
+
+    def scope_warning(self) -> str:
+        """Advice about the scopes that does not stop the client from working, or ""."""
+        if self.provider == "k-series-v2" and "offline_access" not in self.scopes.split():
+            return str(
+                _(
+                    "K-Series V2 scopes lack offline_access: without it Lightspeed's refresh tokens "
+                    "end with the login session, and merchants will have to connect again."
+                )
+            )
+        return ""
 
     def clean(self) -> None:
         errors: dict[str, Any] = {}
@@ -127,6 +194,8 @@ class ApiClient(models.Model):
                 errors.setdefault(name, err.message)
         if self.environment not in ENVIRONMENTS:
             errors["environment"] = _("Unknown environment.")
+        if "provider" not in errors and self.missing_scopes_message():
+            errors["scopes"] = self.missing_scopes_message()
         if errors:
             raise ValidationError(errors)
 
@@ -285,6 +354,12 @@ class ConnectedCompany(models.Model):
     def refresh_token_fingerprint(self) -> str:
         return fingerprint(self.refresh_token)
 
+    @property
+    def business_locations(self) -> list[BusinessLocation]:
+        """The K-Series business's locations, as stored when it connected (most API calls need one)."""
+        locations = (self.details or {}).get("business_locations") or []
+        return [BusinessLocation.from_lightspeed(item) for item in locations if isinstance(item, dict)]
+
     def url_context(self) -> dict[str, str]:
         """Values for URL placeholders such as {domain_prefix}."""
         return {k: str(v) for k, v in (self.details or {}).items() if isinstance(v, (str, int))}
@@ -340,6 +415,7 @@ class AuthorizationRequest(models.Model):
 
     class Outcome(models.TextChoices):
         PENDING = "pending", _("Pending")
+        CHOOSING = "choosing", _("Choosing a business")
         CONNECTED = "connected", _("Connected")
         DENIED = "denied", _("Denied by the merchant")
         FAILED = "failed", _("Failed")
@@ -370,6 +446,13 @@ class AuthorizationRequest(models.Model):
     used_at = models.DateTimeField(_("used"), null=True, blank=True)
     outcome = models.CharField(_("outcome"), max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
     error = models.TextField(_("error"), blank=True, default="")
+    # A K-Series user who sees several businesses chooses one after the callback: until then the
+    # new tokens wait here, encrypted (never in the browser), with the businesses to choose from.
+    pending_tokens = EncryptedTextField(_("tokens awaiting a choice"))
+    pending_companies = models.JSONField(
+        _("companies to choose from"), default=list, blank=True, editable=False
+    )
+    choice_expires_at = models.DateTimeField(_("choice expires"), null=True, blank=True, editable=False)
     company = models.ForeignKey(
         ConnectedCompany,
         null=True,

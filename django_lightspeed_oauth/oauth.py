@@ -31,14 +31,17 @@ from .exceptions import (
 )
 from .providers import Identity, Provider, TokenRequest, TokenSet
 
-__all__ = ["exchange_code", "refresh_tokens", "identify", "http_session", "USER_AGENT"]
+__all__ = ["exchange_code", "refresh_tokens", "identify", "identify_all", "http_session", "USER_AGENT"]
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"django-lightspeed-oauth/{__version__} (+python-requests/{requests.__version__})"
 
 #: OAuth error codes that mean "this grant is gone for good: the merchant must connect again".
-REVOKED_GRANT_ERRORS = frozenset({"invalid_grant", "unauthorized_client", "invalid_token"})
+REVOKED_GRANT_ERRORS = frozenset({"invalid_grant", "invalid_token"})
+#: Error codes that refuse the API client itself (a wrong secret, a disabled client): Keycloak
+#: (K-Series V2) answers unauthorized_client for some of those. Not one merchant's grant ending.
+CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
 
 _local = threading.local()
 
@@ -232,15 +235,15 @@ def _read_token_response(
             error=error,
             retry_after=_retry_after(response),
         )
-    if error in REVOKED_GRANT_ERRORS or "revoked" in description.lower():
-        raise InvalidGrant(f"The token endpoint refused the grant{detail}.", status_code=status, error=error)
-    if error == "invalid_client" or (status == 401 and not error):
+    if error in CLIENT_ERRORS or (status == 401 and not error):
         raise InvalidClient(
             f"The token endpoint refused the API client's credentials{detail}: check the client "
             "id and secret.",
             status_code=status,
             error=error or "invalid_client",
         )
+    if error in REVOKED_GRANT_ERRORS or "revoked" in description.lower():
+        raise InvalidGrant(f"The token endpoint refused the grant{detail}.", status_code=status, error=error)
     if payload is None:
         raise TransientTokenError(
             f"The token endpoint answered {status} with {_content_type(response)}.",
@@ -287,31 +290,54 @@ def refresh_tokens(
 
 
 def identify(provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]) -> Identity:
-    """Find out which company granted ``tokens``, asking the identity endpoint if there is one."""
+    """The one company that granted ``tokens``; IdentityError when they cover several."""
+    identities = identify_all(provider, tokens, environment, context)
+    if len(identities) != 1:
+        raise IdentityError(f"The tokens cover {len(identities)} companies; choose one.")
+    return identities[0]
+
+
+def identify_all(
+    provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]
+) -> list[Identity]:
+    """Every company ``tokens`` were granted for, reading each page of the identity endpoint."""
     url = provider.identity_endpoint(environment, context, tokens)
-    payload = None
-    if url:
-        where = _where(url)
-        try:
-            response = http_session().get(
-                url,
-                headers={"Authorization": f"Bearer {tokens.access_token}", "Accept": "application/json"},
-                timeout=_timeout(),
-                allow_redirects=False,
-            )
-        except requests.RequestException as err:
-            logger.warning("Identity endpoint %s failed (%s)", where, type(err).__name__)
-            raise IdentityError("The identity endpoint could not be reached.") from None
-        logger.info("Identity endpoint %s answered %s", where, response.status_code)
-        if response.status_code != 200:
-            raise IdentityError(
-                f"The identity endpoint answered {response.status_code}.",
-                status_code=response.status_code,
-            )
-        try:
-            payload = response.json()
-        except ValueError:
-            raise IdentityError(
-                f"The identity endpoint answered {_content_type(response)}, not JSON."
-            ) from None
-    return provider.read_identity(tokens, context, payload)
+    payloads: list[Any] = []
+    while url:
+        payload = _get_identity_page(provider, url, tokens)
+        if payload is None:
+            break  # the provider reads the identity without an answer
+        payloads.append(payload)
+        url = provider.next_identity_page(url, payload)
+    return provider.read_identities(tokens, context, payloads)
+
+
+def _get_identity_page(provider: Provider, url: str, tokens: TokenSet) -> Any:
+    where = _where(url)
+    try:
+        response = http_session().get(
+            url,
+            headers={"Authorization": f"Bearer {tokens.access_token}", "Accept": "application/json"},
+            timeout=_timeout(),
+            allow_redirects=False,
+        )
+    except requests.RequestException as err:
+        logger.warning("Identity endpoint %s failed (%s)", where, type(err).__name__)
+        raise IdentityError("The identity endpoint could not be reached.") from None
+    logger.info("Identity endpoint %s answered %s", where, response.status_code)
+    if response.status_code in provider.identity_fallback_statuses:
+        logger.warning(
+            "Identity endpoint %s refused the token (%s); reading the identity without it",
+            where,
+            response.status_code,
+        )
+        return None
+    if response.status_code != 200:
+        raise IdentityError(
+            f"The identity endpoint answered {response.status_code}.",
+            status_code=response.status_code,
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise IdentityError(f"The identity endpoint answered {_content_type(response)}, not JSON.") from None

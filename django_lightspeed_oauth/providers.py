@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any, ClassVar, Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.utils.module_loading import import_string
 
@@ -28,6 +29,7 @@ __all__ = [
     "TokenRequest",
     "TokenSet",
     "Identity",
+    "BusinessLocation",
     "get_provider",
     "provider_classes",
     "provider_choices",
@@ -70,14 +72,54 @@ class TokenSet:
     def __repr__(self) -> str:
         return f"<TokenSet expires_at={self.expires_at!s} rotated={self.refresh_token is not None}>"
 
+    def to_json(self) -> str:
+        """The whole set as JSON, secrets included: only ever stored encrypted."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("expires_at", "refresh_expires_at"):
+            values[name] = values[name].isoformat() if values[name] else None
+        return json.dumps(values)
+
+    @classmethod
+    def from_json(cls, text: str) -> TokenSet:
+        values = json.loads(text)
+        for name in ("expires_at", "refresh_expires_at"):
+            values[name] = datetime.fromisoformat(values[name]) if values[name] else None
+        return cls(**values)
+
 
 @dataclass(frozen=True)
 class Identity:
-    """Who connected: the company's id at Lightspeed, a display name and details worth keeping."""
+    """Who connected: the company's id at Lightspeed, a display name and details worth keeping.
+
+    ``previous_ids`` are ids the same company was stored under by earlier versions (Retail X-Series
+    companies were keyed by their domain prefix): a connection adopts such a row instead of adding one.
+    ``warning`` says what staff should know about how the identity was found (shown in the admin).
+    """
 
     company_id: str
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    previous_ids: tuple[str, ...] = ()
+    warning: str = ""
+
+
+@dataclass(frozen=True)
+class BusinessLocation:
+    """A K-Series business location, as "Get Businesses" describes it (most API calls take its id)."""
+
+    id: int | str
+    name: str = ""
+    country: str = ""
+    timezone: str = ""
+
+    @classmethod
+    def from_lightspeed(cls, data: Mapping[str, Any]) -> BusinessLocation:
+        return cls(
+            id=data.get("blID", ""),
+            name=str(data.get("blName") or ""),
+            country=str(data.get("country") or ""),
+            timezone=str(data.get("timezone") or ""),
+        )
 
 
 def check_url_template(template: str) -> None:
@@ -172,6 +214,19 @@ def _dig(payload: Any, dotted: str) -> Any:
     return value
 
 
+def _with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _business_list(payload: Any) -> list[Any]:
+    embedded = payload.get("_embedded") if isinstance(payload, Mapping) else None
+    businesses = embedded.get("businessList") if isinstance(embedded, Mapping) else None
+    return businesses if isinstance(businesses, list) else []
+
+
 def _seconds(value: Any) -> int | None:
     if value is None or value == "":
         return None
@@ -213,6 +268,9 @@ class Provider:
     callback_params: ClassVar[tuple[str, ...]] = ()
     #: whether the API client must set authorize_url and token_url itself
     requires_urls: ClassVar[bool] = False
+    #: whether Lightspeed refuses an authorization request without scopes, and what to ask for
+    requires_scopes: ClassVar[bool] = False
+    scope_hint: ClassVar[str] = ""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.validate_options(options or {})
@@ -396,14 +454,38 @@ class Provider:
 
     # Identity ---------------------------------------------------------------------------------
 
+    #: Statuses of the identity endpoint that mean "not allowed to ask" rather than a failure: the
+    #: provider then reads the identity without an answer (``payload`` None), as well as it can.
+    identity_fallback_statuses: ClassVar[tuple[int, ...]] = ()
+
+    def has_url(self, which: str, environment: str) -> bool:
+        if environment == "sandbox":
+            return which in self.sandbox_paths
+        return which in self.urls.get(environment, {})
+
     def identity_endpoint(self, environment: str, context: Mapping[str, str], tokens: TokenSet) -> str | None:
         """The URL to GET with the new access token to learn who connected, or None."""
+        if "identity_url" not in self.options and self.has_url("identity", environment):
+            return self.endpoint("identity", environment, context=context)
         if not self.identity_url:
             return None
         url = self.identity_url
         if "{api}" in url:
             url = url.replace("{api}", self.api_url(environment, context))
         return self.fill(url, context)
+
+    def next_identity_page(self, url: str, payload: Any) -> str | None:
+        """The next page of a paginated identity answer, or None (the default: one page)."""
+        return None
+
+    def read_identities(
+        self, tokens: TokenSet, context: Mapping[str, str], payloads: list[Any]
+    ) -> list[Identity]:
+        """Every company the tokens were granted for, read from the identity answer's pages.
+
+        Most flavours grant one company; a K-Series token covers every business its user can see.
+        """
+        return [self.read_identity(tokens, context, payloads[0] if payloads else None)]
 
     def read_identity(self, tokens: TokenSet, context: Mapping[str, str], payload: Any | None) -> Identity:
         """Find the company in the identity endpoint's answer (or the tokens, or the callback)."""
@@ -444,6 +526,61 @@ class KSeriesProvider(Provider):
     identity_url = "{api}/f/data/businesses"
     identity_id_key = "businessId"
     identity_name_key = "businessName"
+    requires_scopes = True
+    scope_hint = "the APIs granted to your client, e.g. 'financial-api orders-api items'"
+    #: Businesses asked for per page of "Get Businesses" (Lightspeed's default page size is 1000).
+    identity_page_size: ClassVar[int] = 200
+    #: Pages read at most: a user seeing more businesses than this is not a merchant connecting.
+    identity_max_pages: ClassVar[int] = 25
+
+    def identity_endpoint(self, environment, context, tokens):
+        url = super().identity_endpoint(environment, context, tokens)
+        if url is None:
+            return None
+        return _with_query(url, page="0", size=str(self.identity_page_size))
+
+    def next_identity_page(self, url, payload):
+        businesses = _business_list(payload)
+        query = dict(parse_qsl(urlsplit(url).query))
+        try:
+            page, size = int(query.get("page", "0")), int(query.get("size", "0"))
+        except ValueError:
+            return None
+        if size <= 0 or len(businesses) < size or page + 1 >= self.identity_max_pages:
+            return None
+        return _with_query(url, page=str(page + 1), size=str(size))
+
+    def read_identities(self, tokens, context, payloads):
+        identities: dict[str, Identity] = {}
+        for payload in payloads:
+            if not isinstance(payload, Mapping) or not isinstance(payload.get("_embedded", {}), Mapping):
+                raise IdentityError(
+                    f"The {self.name} businesses answer is not the documented "
+                    "{'_embedded': {'businessList': [...]}} object."
+                )
+            for business in _business_list(payload):
+                identity = self.read_identity(tokens, context, business)
+                identities.setdefault(identity.company_id, identity)
+        if not identities:
+            raise IdentityError(
+                f"The {self.name} businesses answer lists no business: the user who authorized has "
+                "access to none."
+            )
+        return list(identities.values())
+
+    def read_identity(self, tokens, context, payload):
+        identity = super().read_identity(tokens, context, payload)
+        locations = payload.get("businessLocations") if isinstance(payload, Mapping) else None
+        extra: dict[str, Any] = {
+            "business_locations": [
+                {key: location.get(key) for key in ("blID", "blName", "country", "timezone")}
+                for location in (locations if isinstance(locations, list) else [])
+                if isinstance(location, Mapping) and isinstance(location.get("blID"), (int, str))
+            ]
+        }
+        if isinstance(payload.get("currencyCode"), str):
+            extra["currency_code"] = payload["currencyCode"][:8]
+        return Identity(company_id=identity.company_id, name=identity.name, extra=extra)
 
 
 class KSeriesV2Provider(KSeriesProvider):
@@ -468,21 +605,26 @@ class KSeriesV2Provider(KSeriesProvider):
         "api": "",
     }
     token_params = "form"
+    scope_hint = (
+        "'offline_access' (for refresh tokens) and the APIs granted to your client, "
+        "e.g. 'offline_access financial-api orders-api'"
+    )
 
 
 class OSeriesProvider(Provider):
     key = "o-series"
     name = "Restaurant O-Series (Kounta)"
     notes = "The merchant picks a company on the consent page. Refresh tokens do not rotate."
+    # https://apidoc.kounta.com/authentication/ names these two URLs.
     _urls = {
         "authorize": "https://my.kounta.com/authorize",
-        "token": "https://api.kounta.com/v1/token.json",
+        "token": "https://api.kounta.com/v1/token",
         "api": "https://api.kounta.com",
     }
     urls = {"production": _urls, "trial": _urls}
-    sandbox_paths = {"authorize": "authorize", "token": "v1/token.json", "api": ""}
+    sandbox_paths = {"authorize": "authorize", "token": "v1/token", "api": ""}
     token_auth = "body"
-    identity_url = "{api}/v1/companies/me.json"
+    identity_url = "{api}/v1/companies/me"
     identity_id_key = "id"
     identity_name_key = "name"
 
@@ -491,19 +633,31 @@ class RetailRProvider(Provider):
     key = "retail-r"
     name = "Retail R-Series"
     notes = "Form-encoded only; never send a scope on refresh. Refresh tokens are single-use."
+    # Every API call is under the account: api_session() paths are relative to it.
     _urls = {
         "authorize": "https://cloud.lightspeedapp.com/auth/oauth/authorize",
         "token": "https://cloud.lightspeedapp.com/auth/oauth/token",
-        "api": "https://api.lightspeedapp.com",
+        "api": "https://api.lightspeedapp.com/API/V3/Account/{accountID}",
+        "identity": "https://api.lightspeedapp.com/API/V3/Account.json",
     }
     urls = {"production": _urls, "trial": _urls}
-    sandbox_paths = {"authorize": "auth/oauth/authorize", "token": "auth/oauth/token", "api": ""}
+    sandbox_paths = {
+        "authorize": "auth/oauth/authorize",
+        "token": "auth/oauth/token",
+        "api": "API/V3/Account/{accountID}",
+        "identity": "API/V3/Account.json",
+    }
     token_auth = "body"
     token_params = "form"
     pkce = "optional"
-    identity_url = "{api}/API/V3/Account.json"
     identity_id_key = "Account.accountID"
     identity_name_key = "Account.name"
+
+    def read_identity(self, tokens, context, payload):
+        identity = super().read_identity(tokens, context, payload)
+        if not URL_PLACEHOLDER_VALUE.match(identity.company_id):
+            raise IdentityError("The Retail R-Series account id cannot be used in an API URL.")
+        return Identity(identity.company_id, identity.name, extra={"accountID": identity.company_id})
 
     # A JSON body or a scope on refresh gets 400 invalid_grant, which reads as a revoked grant
     # and would send every merchant back through the consent page: refuse both.
@@ -524,7 +678,10 @@ class RetailRProvider(Provider):
 class RetailXProvider(Provider):
     key = "retail-x"
     name = "Retail X-Series"
-    notes = "The callback names the store (domain_prefix); its token URL is built from it."
+    notes = (
+        "The callback names the store (domain_prefix); its token URL is built from it. Scopes are "
+        "required since 2026-06-01; ask for retailer:read so the retailer's id and name can be read."
+    )
     _urls = {
         "authorize": "https://secure.retail.lightspeed.app/connect",
         "token": "https://{domain_prefix}.retail.lightspeed.app/api/1.0/token",
@@ -539,32 +696,62 @@ class RetailXProvider(Provider):
     token_auth = "body"
     token_params = "form"
     callback_params = ("domain_prefix",)
+    identity_url = "{api}/2.0/retailer"
+    # Without the retailer:read scope the retailer endpoint refuses the token.
+    identity_fallback_statuses = (401, 403)
+    requires_scopes = True
+    scope_hint = "'retailer:read' and the scopes your app declares, e.g. 'retailer:read products:read'"
 
     def read_identity(self, tokens, context, payload):
         prefix = context.get("domain_prefix", "")
         granted = tokens.extra.get("domain_prefix")
-        if granted and granted != prefix:
+        if not granted:
+            # The callback's query string is the browser's word; only the token answer is Lightspeed's.
+            raise IdentityError("The token endpoint's answer does not name the store (domain_prefix).")
+        if granted != prefix:
             raise IdentityError("The token endpoint named another store than the callback did.")
         if not URL_PLACEHOLDER_VALUE.match(prefix):
             raise IdentityError("The callback did not name the store (domain_prefix).")
-        return Identity(company_id=prefix, name=prefix, extra={"domain_prefix": prefix})
+        if payload is None:
+            return Identity(
+                company_id=prefix,
+                name=prefix,
+                extra={"domain_prefix": prefix},
+                warning="The retailer could not be read (is the retailer:read scope granted?): the "
+                "store is identified by its domain prefix, which the retailer can change.",
+            )
+        data = payload.get("data") if isinstance(payload, Mapping) else None
+        retailer_id = data.get("id") if isinstance(data, Mapping) else None
+        if not isinstance(retailer_id, str) or not retailer_id or len(retailer_id) > 255:
+            raise IdentityError("The Retail X-Series retailer answer has no 'data.id'.")
+        current = data.get("domain_prefix")
+        if not isinstance(current, str) or not URL_PLACEHOLDER_VALUE.match(current):
+            current = prefix
+        name = data.get("name")
+        return Identity(
+            company_id=retailer_id,
+            name=name if isinstance(name, str) and name else current,
+            extra={"domain_prefix": current},
+            previous_ids=(prefix,),
+        )
 
 
 class VendorsProvider(Provider):
     key = "vendors"
     name = "Vendors (accounts.lightspeed.app)"
     notes = "PKCE S256 and a state of 20+ letters and digits are required; ask for offline_access."
+    # Tokens come from the accounts server; the API called with them is the catalog API.
     _urls = {
         "authorize": "https://accounts.lightspeed.app/authorize",
         "token": "https://accounts.lightspeed.app/oauth/token",
-        "api": "https://accounts.lightspeed.app",
+        "api": "https://lsapi-catalog.lightspeedapp.com",
+        "identity": "https://accounts.lightspeed.app/userinfo",
     }
     urls = {"production": _urls, "trial": _urls}
-    sandbox_paths = {"authorize": "authorize", "token": "oauth/token", "api": ""}
+    sandbox_paths = {"authorize": "authorize", "token": "oauth/token", "api": "", "identity": "userinfo"}
     token_auth = "basic"
     token_params = "form"
     pkce = "required"
-    identity_url = "{api}/userinfo"
     identity_id_key = "sub"
     identity_name_key = "name"
 

@@ -12,6 +12,7 @@ __all__ = [
     "token_refresh_failed",
     "reauthorization_required",
     "company_disconnected",
+    "client_credentials_refused",
     "send",
 ]
 
@@ -27,6 +28,10 @@ token_refresh_failed = Signal()
 reauthorization_required = Signal()
 #: kwargs: company, user (or None)
 company_disconnected = Signal()
+#: kwargs: client (ApiClient), company (the one whose refresh was refused), error (InvalidClient).
+#: The client's id or secret (or its configuration at Lightspeed) was refused: fix the client; its
+#: companies keep their tokens and are refreshed again once the client is changed.
+client_credentials_refused = Signal()
 
 
 def send(signal: Signal, **kwargs) -> None:

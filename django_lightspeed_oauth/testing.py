@@ -109,7 +109,7 @@ class FakeTokenEndpoint:
     # Switches -------------------------------------------------------------------------------
 
     def fail_with(self, failure: str | int | None) -> None:
-        """``"invalid_grant"``, ``"invalid_client"``, ``"timeout"``, ``"html"``, an HTTP status
+        """``"invalid_grant"``, ``"invalid_client"``, ``"unauthorized_client"``, ``"timeout"``, ``"html"``, an HTTP status
         (500, 503, 429...), or None to behave again."""
         self.failure = failure
 
@@ -157,8 +157,8 @@ class FakeTokenEndpoint:
             if failure in (429, 503):
                 headers["Retry-After"] = "120"
             return failure, headers, json.dumps({"error": "temporarily_unavailable"})
-        if failure in ("invalid_grant", "invalid_client"):
-            status = 401 if failure == "invalid_client" else 400
+        if failure in ("invalid_grant", "invalid_client", "unauthorized_client"):
+            status = 400 if failure == "invalid_grant" else 401
             return (
                 status,
                 {"Content-Type": "application/json"},

@@ -30,15 +30,17 @@ from django.utils import timezone
 from . import oauth, signals
 from .conf import app_settings
 from .crypto import fingerprint
+from .providers import URL_PLACEHOLDER_VALUE
 from .exceptions import (
     CompanyDisconnected,
+    InvalidClient,
     InvalidGrant,
     ReauthorizationRequired,
     RefreshFailed,
     RefreshInProgress,
     TokenEndpointError,
 )
-from .models import ConnectedCompany, TokenEvent
+from .models import ApiClient, ConnectedCompany, TokenEvent
 
 __all__ = ["RefreshResult", "refresh", "get_access_token", "disconnect", "CompanySession"]
 
@@ -198,6 +200,10 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
         if not force and company.next_attempt_at and company.next_attempt_at > now:
             # Backing off after a failure (maybe a Retry-After): do not ask the server again yet.
             return RefreshResult(company, FAILED, waited=waited)
+        if not force and company.client.credentials_refused_at:
+            # The client's own credentials were refused: asking again with them would be refused
+            # too. The company's tokens stay as they are until staff fix the client.
+            return RefreshResult(company, FAILED, error=_client_refused_error(company.client), waited=waited)
 
         lock_id = uuid.uuid4().hex
 
@@ -256,6 +262,8 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         )
     except InvalidGrant as err:
         return _fail_for_good(company, err, err.message, lock_id=lock_id)
+    except InvalidClient as err:
+        return _client_refused(company, err, lock_id)
     except TokenEndpointError as err:
         return _fail_for_now(company, err, lock_id)
     except BaseException:
@@ -283,6 +291,9 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
     )
     if tokens.scope:
         values["granted_scopes"] = tokens.scope
+    details = _details_after_refresh(company, tokens)
+    if details is not None:
+        values["details"] = details
     persist_for = max(30.0, 2 * float(app_settings.LOCK_TIMEOUT))
     try:
         stored = _retrying(
@@ -341,7 +352,51 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         },
     )
     signals.send(signals.token_refreshed, company=company)
+    if client.credentials_refused_at:
+        client.clear_credentials_refusal()  # a forced refresh went through: the client works again
     return RefreshResult(company, REFRESHED, waited=waited)
+
+
+def _details_after_refresh(company: ConnectedCompany, tokens: Any) -> dict[str, Any] | None:
+    """New details when the token answer renamed the store (a Retail X-Series domain prefix)."""
+    current = (company.details or {}).get("domain_prefix")
+    renamed = tokens.extra.get("domain_prefix")
+    if not current or not isinstance(renamed, str) or renamed == current:
+        return None
+    if not URL_PLACEHOLDER_VALUE.match(renamed):
+        return None
+    logger.info("Company %s: the store's domain prefix changed", company.pk)
+    return {**company.details, "domain_prefix": renamed}
+
+
+def _client_refused_error(client: ApiClient) -> InvalidClient:
+    return InvalidClient(
+        f"The API client {client.slug!r} was refused by Lightspeed ({client.credentials_error}); "
+        "its companies are not refreshed until the client is fixed in the admin.",
+        error="invalid_client",
+    )
+
+
+def _client_refused(company: ConnectedCompany, err: InvalidClient, lock_id: str) -> RefreshResult:
+    """The client's credentials were refused: record it on the client, keep the company as it is."""
+    client = company.client
+    now = timezone.now()
+    ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
+        refresh_lock_id="", refresh_lock_until=None, last_error=err.message, updated_at=now
+    )
+    ApiClient.objects.filter(pk=client.pk).update(credentials_refused_at=now, credentials_error=err.message)
+    client.credentials_refused_at = now
+    client.credentials_error = err.message
+    company.last_error = err.message
+    logger.error("API client %s: Lightspeed refused its credentials: %s", client.slug, err.message)
+    _event(
+        company,
+        TokenEvent.Kind.REFRESH_FAILED,
+        err.message,
+        {"error": err.error, "status_code": err.status_code, "client_refused": True},
+    )
+    signals.send(signals.client_credentials_refused, client=client, company=company, error=err)
+    return RefreshResult(company, FAILED, error=err)
 
 
 def _fail_for_good(

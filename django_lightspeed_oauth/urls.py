@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import CallbackView, ConnectView, InviteView
+from .views import CallbackView, ChooseBusinessView, ConnectView, InviteView
 
 app_name = "lightspeed_oauth"
 
@@ -10,4 +10,5 @@ urlpatterns = [
     path("connect/<slug:slug>/", ConnectView.as_view(), name="connect"),
     path("invite/<str:token>/", InviteView.as_view(), name="invite"),
     path("callback/", CallbackView.as_view(), name="callback"),
+    path("callback/choose/", ChooseBusinessView.as_view(), name="choose"),
 ]

@@ -18,6 +18,7 @@ from django.core import signing
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
+from django.urls import reverse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.crypto import get_random_string
@@ -33,16 +34,21 @@ from .exceptions import ConfigurationError, IdentityError, TokenEndpointError
 from .models import INVITATION_SALT, ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from .providers import URL_PLACEHOLDER_VALUE, Identity, TokenSet
 
-__all__ = ["ConnectView", "InviteView", "CallbackView", "FlowError"]
+__all__ = ["ConnectView", "InviteView", "CallbackView", "ChooseBusinessView", "FlowError"]
 
 logger = logging.getLogger(__name__)
 
 SESSION_BINDING_KEY = "lightspeed_oauth_binding"
+SESSION_CHOICE_KEY = "lightspeed_oauth_choice"
 STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
 PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
 NEXT_URL_MAX_LENGTH = AuthorizationRequest._meta.get_field("next_url").max_length
+
+
+class ChoiceNeeded(Exception):
+    """The tokens cover several businesses: the merchant chooses one on the next page."""
 
 
 class FlowError(Exception):
@@ -276,6 +282,8 @@ class CallbackView(FlowViewMixin, View):
                 # A provider removed from PROVIDERS, or a secret no key decrypts, since the flow
                 # started: a clear page, not a traceback.
                 raise _misconfigured(auth_request.client if auth_request else None, err) from None
+        except ChoiceNeeded:
+            return HttpResponseRedirect(reverse("lightspeed_oauth:choose"))
         except FlowError as err:
             return self.flow_failed(request, err, auth_request)
         return self.connect_success(request, company, auth_request)
@@ -402,7 +410,7 @@ class CallbackView(FlowViewMixin, View):
                 code=code,
                 code_verifier=auth_request.code_verifier or None,
             )
-            identity = oauth.identify(provider, tokens, client.environment, context)
+            identities = oauth.identify_all(provider, tokens, client.environment, context)
         except (TokenEndpointError, IdentityError) as err:
             logger.warning("Connecting with API client %s failed: %s", client.slug, err.message)
             self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
@@ -421,6 +429,47 @@ class CallbackView(FlowViewMixin, View):
                 status=500,
                 reason="misconfigured",
             ) from None
+        if len(identities) > 1:
+            self.await_choice(request, auth_request, tokens, identities, context)
+            raise ChoiceNeeded()
+        return self.finish(request, auth_request, tokens, identities[0], context)
+
+    def await_choice(
+        self,
+        request: HttpRequest,
+        auth_request: AuthorizationRequest,
+        tokens: TokenSet,
+        identities: list[Identity],
+        context: dict[str, str],
+    ) -> None:
+        """Keep the tokens server-side, encrypted, until the merchant chooses a business."""
+        companies = [
+            {"id": identity.company_id, "name": identity.name, "extra": identity.extra}
+            for identity in identities
+        ]
+        auth_request.pending_tokens = tokens.to_json()
+        auth_request.pending_companies = {"companies": companies, "context": context}
+        auth_request.choice_expires_at = timezone.now() + timedelta(seconds=int(app_settings.STATE_MAX_AGE))
+        auth_request.outcome = AuthorizationRequest.Outcome.CHOOSING
+        auth_request.save(
+            update_fields=["pending_tokens", "pending_companies", "choice_expires_at", "outcome"]
+        )
+        request.session[SESSION_CHOICE_KEY] = auth_request.pk
+        logger.info(
+            "API client %s: the authorizing user sees %s businesses; waiting for a choice",
+            auth_request.client.slug,
+            len(identities),
+        )
+
+    def finish(
+        self,
+        request: HttpRequest,
+        auth_request: AuthorizationRequest,
+        tokens: TokenSet,
+        identity: Identity,
+        context: dict[str, str],
+    ) -> ConnectedCompany:
+        client = auth_request.client
         try:
             company, created = self.store(request, auth_request, tokens, identity, context)
         except DatabaseError:
@@ -437,6 +486,8 @@ class CallbackView(FlowViewMixin, View):
                 status=503,
                 reason="store_failed",
             ) from None
+        if identity.warning:
+            logger.warning("Company %s (API client %s): %s", company.pk, client.slug, identity.warning)
         signals.send(signals.company_connected, company=company, created=created, request=request)
         return company
 
@@ -451,7 +502,9 @@ class CallbackView(FlowViewMixin, View):
         """Create or update the company (one row per client and company id) and log it."""
         client = auth_request.client
         now = timezone.now()
-        details = {**identity.extra, **context}
+        details = {**context, **identity.extra}
+        if identity.warning:
+            details["identity_warning"] = identity.warning
         values = dict(
             name=identity.name[:255],
             status=ConnectedCompany.Status.ACTIVE,
@@ -480,12 +533,24 @@ class CallbackView(FlowViewMixin, View):
                         .filter(client=client, company_id=identity.company_id)
                         .first()
                     )
+                    if company is None and identity.previous_ids:
+                        # Stored under an older id (an X-Series store keyed by its prefix): adopt it.
+                        company = (
+                            ConnectedCompany.objects.select_for_update()
+                            .filter(client=client, company_id__in=identity.previous_ids)
+                            .first()
+                        )
+                        if company is not None:
+                            company.company_id = identity.company_id
                     created = company is None
                     if created:
                         company = ConnectedCompany(client=client, company_id=identity.company_id)
                     for name, value in values.items():
                         setattr(company, name, value)
-                    company.details = {**(company.details or {}), **details}
+                    company.details = {
+                        **{k: v for k, v in (company.details or {}).items() if k != "identity_warning"},
+                        **details,
+                    }
                     if created:
                         company.save()
                     else:
@@ -495,7 +560,11 @@ class CallbackView(FlowViewMixin, View):
                             update_fields=[f.name for f in company._meta.concrete_fields if not f.primary_key]
                         )
                     AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
-                        outcome=AuthorizationRequest.Outcome.CONNECTED, company=company
+                        outcome=AuthorizationRequest.Outcome.CONNECTED,
+                        company=company,
+                        pending_tokens="",
+                        pending_companies=[],
+                        choice_expires_at=None,
                     )
                     TokenEvent.objects.create(
                         company=company,
@@ -543,3 +612,118 @@ class CallbackView(FlowViewMixin, View):
             separator = "&" if "?" in url else "?"
             return HttpResponseRedirect(f"{url}{separator}{urlencode({'reason': error.reason})}")
         return super().flow_failed(request, error, auth_request)
+
+
+@method_decorator(never_cache, name="dispatch")
+@method_decorator(csrf_protect, name="dispatch")
+class ChooseBusinessView(CallbackView):
+    """After the callback, a K-Series user who sees several businesses picks the one to connect.
+
+    The tokens wait on the AuthorizationRequest, encrypted; the browser only holds the request's id
+    in its session, and the request must still be bound to this browser.
+    """
+
+    template_name = "lightspeed_oauth/choose_business.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        try:
+            auth_request = self.pending_request(request)
+        except FlowError as err:
+            return self.flow_failed(request, err)
+        return self.render_choice(request, auth_request)
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        auth_request = None
+        try:
+            auth_request = self.pending_request(request)
+            chosen = request.POST.get("company", "")
+            pending = auth_request.pending_companies
+            match = next((c for c in pending["companies"] if c["id"] == chosen), None)
+            if match is None:
+                return self.render_choice(request, auth_request, error=True, status=400)
+            identity = Identity(company_id=match["id"], name=match["name"], extra=match["extra"])
+            tokens = TokenSet.from_json(auth_request.pending_tokens)
+            company = self.claim_and_finish(request, auth_request, tokens, identity, pending["context"])
+        except FlowError as err:
+            return self.flow_failed(request, err, auth_request)
+        request.session.pop(SESSION_CHOICE_KEY, None)
+        return self.connect_success(request, company, auth_request)
+
+    def claim_and_finish(self, request, auth_request, tokens, identity, context) -> ConnectedCompany:
+        # Single use: the first POST moves the request out of "choosing"; a second one loses.
+        won = AuthorizationRequest.objects.filter(
+            pk=auth_request.pk, outcome=AuthorizationRequest.Outcome.CHOOSING
+        ).update(outcome=AuthorizationRequest.Outcome.PENDING)
+        if not won:
+            raise FlowError(
+                "Link already used",
+                "This business was already chosen. Start again from the site.",
+                reason="replayed_choice",
+            )
+        try:
+            return self.finish(request, auth_request, tokens, identity, context)
+        except FlowError:
+            # Nothing was stored: the tokens still wait, so the merchant can choose again.
+            AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
+                outcome=AuthorizationRequest.Outcome.CHOOSING
+            )
+            raise
+
+    def pending_request(self, request: HttpRequest) -> AuthorizationRequest:
+        pk = request.session.get(SESSION_CHOICE_KEY)
+        auth_request = (
+            AuthorizationRequest.objects.select_related("client")
+            .filter(pk=pk, outcome=AuthorizationRequest.Outcome.CHOOSING)
+            .first()
+            if isinstance(pk, int)
+            else None
+        )
+        if auth_request is None or not auth_request.pending_tokens:
+            raise FlowError(
+                "Nothing to choose",
+                "There is no connection waiting for a choice in this browser. Start again from the site.",
+                reason="no_choice",
+            )
+        binding = request.session.get(SESSION_BINDING_KEY) or ""
+        if not secrets.compare_digest(
+            hashlib.sha256(binding.encode()).hexdigest(), auth_request.browser_binding
+        ):
+            raise FlowError(
+                "Different browser",
+                "This connection was started in another browser. Finish it where it started.",
+                reason="browser_mismatch",
+            )
+        if auth_request.choice_expires_at is None or auth_request.choice_expires_at <= timezone.now():
+            AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
+                pending_tokens="",
+                pending_companies=[],
+                outcome=AuthorizationRequest.Outcome.FAILED,
+                error="The business was not chosen in time; the tokens were discarded.",
+            )
+            raise FlowError(
+                "Link expired",
+                "The business was not chosen in time. Start again from the site.",
+                reason="choice_expired",
+            )
+        return auth_request
+
+    def render_choice(
+        self, request: HttpRequest, auth_request: AuthorizationRequest, error: bool = False, status: int = 200
+    ) -> HttpResponse:
+        companies = [
+            {
+                "id": company["id"],
+                "name": company["name"] or company["id"],
+                "locations": [
+                    location.get("blName") or location.get("blID")
+                    for location in company["extra"].get("business_locations", [])
+                ],
+            }
+            for company in auth_request.pending_companies["companies"]
+        ]
+        return TemplateResponse(
+            request,
+            self.template_name,
+            {"client": auth_request.client, "companies": companies, "error": error},
+            status=status,
+        )

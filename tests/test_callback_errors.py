@@ -17,6 +17,8 @@ from django_lightspeed_oauth.testing import make_client
 from django_lightspeed_oauth.views import CallbackView
 from tests.settings import LIGHTSPEED_OAUTH
 
+from .lightspeed_documented import k_series_businesses
+
 
 def lightspeed_settings(**values):
     """override_settings for some LIGHTSPEED_OAUTH keys, keeping the test encryption keys."""
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.django_db
 CALLBACK = "/lightspeed/callback/"
 TOKEN_URL = "https://api.trial.lsk.lightspeed.app/oauth/token"
 IDENTITY_URL = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
-BUSINESS = [{"businessId": 4242, "businessName": "Harbour Bistro"}]
+BUSINESS = k_series_businesses((4242, "Harbour Bistro", []))
 TOKENS = {
     "access_token": "AT-never-shown-1",
     "refresh_token": "RT-never-shown-1",
@@ -329,8 +331,13 @@ IDENTITY_FAILURES = [
     ("401", dict(status=401, json={}), "identity endpoint answered 401"),
     ("html", dict(status=200, body="<html></html>", content_type="text/html"), "not JSON"),
     ("timeout", dict(body=requests.ReadTimeout("slow")), "could not be reached"),
-    ("no-business", dict(status=200, json=[]), "has no 'businessId'"),
-    ("id-is-an-object", dict(status=200, json=[{"businessId": {"a": 1}}]), "not a company id"),
+    ("no-business", dict(status=200, json=k_series_businesses()), "lists no business"),
+    (
+        "id-is-an-object",
+        dict(status=200, json={"_embedded": {"businessList": [{"businessId": {"a": 1}}]}}),
+        "not a company id",
+    ),
+    ("not-the-documented-shape", dict(status=200, json=[{"businessId": 5}]), "not the documented"),
 ]
 
 
@@ -541,7 +548,7 @@ def test_a_failing_company_connected_receiver_does_not_break_a_stored_connection
         mocked.add(
             responses.GET,
             "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-            json=[{"businessId": 5, "businessName": "B"}],
+            json=k_series_businesses((5, "B", [])),
         )
         response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
     finally:
@@ -564,7 +571,7 @@ def test_a_database_error_while_storing_gives_a_clear_page_and_records_why(
     mocked.add(
         responses.GET,
         "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-        json=[{"businessId": 5, "businessName": "B"}],
+        json=k_series_businesses((5, "B", [])),
     )
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
     assert_error_page(response, 503, "store_failed", "could not save it")

@@ -13,6 +13,20 @@ from django_lightspeed_oauth import signals
 from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany, TokenEvent
 from django_lightspeed_oauth.testing import make_client
 
+from .lightspeed_documented import (
+    K_SERIES_BUSINESSES,
+    K_SERIES_V1_TOKEN,
+    K_SERIES_V2_TOKEN,
+    O_SERIES_COMPANY,
+    O_SERIES_TOKEN,
+    R_SERIES_ACCOUNT,
+    R_SERIES_TOKEN,
+    VENDORS_TOKEN,
+    X_SERIES_RETAILER,
+    X_SERIES_TOKEN,
+    k_series_businesses,
+)
+
 REDIRECT = "https://site.example.com/lightspeed/callback/"
 TOKEN_ANSWER = {
     "access_token": "AT-1",
@@ -27,6 +41,16 @@ def basic(client_id, secret):
     return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
 
 
+# Each provider's documented token answer (see lightspeed_documented.py).
+TOKEN_ANSWERS = {
+    "k-series": K_SERIES_V1_TOKEN,
+    "k-series-v2": K_SERIES_V2_TOKEN,
+    "o-series": O_SERIES_TOKEN,
+    "retail-r": R_SERIES_TOKEN,
+    "vendors": VENDORS_TOKEN,
+}
+
+
 # provider, environment, authorize URL, token URL (no query), identity URL, identity answer,
 # how the grant travels ("query" / "form"), client auth ("basic" / "body"), expected company id
 CASES = [
@@ -36,10 +60,10 @@ CASES = [
         "https://api.lsk.lightspeed.app/oauth/authorize",
         "https://api.lsk.lightspeed.app/oauth/token",
         "https://api.lsk.lightspeed.app/f/data/businesses",
-        [{"businessId": 4242, "businessName": "Harbour Bistro"}],
+        K_SERIES_BUSINESSES,
         "query",
         "basic",
-        "4242",
+        "1234",
     ),
     (
         "k-series",
@@ -47,7 +71,7 @@ CASES = [
         "https://api.trial.lsk.lightspeed.app/oauth/authorize",
         "https://api.trial.lsk.lightspeed.app/oauth/token",
         "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-        [{"businessId": 7, "businessName": "Trial Bistro"}],
+        k_series_businesses((7, "Trial Bistro", [(70001, "Trial Bistro Bar")])),
         "query",
         "basic",
         "7",
@@ -58,10 +82,10 @@ CASES = [
         "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/auth",
         "https://auth.lsk-prod.app/realms/k-series/protocol/openid-connect/token",
         "https://api.lsk.lightspeed.app/f/data/businesses",
-        [{"businessId": 99, "businessName": "V2 Bistro"}],
+        K_SERIES_BUSINESSES,
         "form",
         "basic",
-        "99",
+        "1234",
     ),
     (
         "k-series-v2",
@@ -69,7 +93,7 @@ CASES = [
         "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/auth",
         "https://auth.lsk-demo.app/realms/k-series/protocol/openid-connect/token",
         "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-        [{"businessId": 98, "businessName": "V2 Demo"}],
+        k_series_businesses((98, "V2 Demo", [(98001, "V2 Demo Terrace")])),
         "form",
         "basic",
         "98",
@@ -78,12 +102,12 @@ CASES = [
         "o-series",
         "production",
         "https://my.kounta.com/authorize",
-        "https://api.kounta.com/v1/token.json",
-        "https://api.kounta.com/v1/companies/me.json",
-        {"id": 5150, "name": "Corner Café"},
+        "https://api.kounta.com/v1/token",
+        "https://api.kounta.com/v1/companies/me",
+        O_SERIES_COMPANY,
         "form",
         "body",
-        "5150",
+        "5678",
     ),
     (
         "retail-r",
@@ -91,10 +115,10 @@ CASES = [
         "https://cloud.lightspeedapp.com/auth/oauth/authorize",
         "https://cloud.lightspeedapp.com/auth/oauth/token",
         "https://api.lightspeedapp.com/API/V3/Account.json",
-        {"Account": {"accountID": "123456", "name": "Bike Shop"}},
+        R_SERIES_ACCOUNT,
         "form",
         "body",
-        "123456",
+        "12345",
     ),
     (
         "vendors",
@@ -163,7 +187,8 @@ def test_connect_sends_exactly_what_the_provider_expects(
         query.pop("code_challenge")
     assert query == expected
 
-    mocked.add(responses.POST, token_url, json=TOKEN_ANSWER)
+    token_answer = TOKEN_ANSWERS[provider]
+    mocked.add(responses.POST, token_url, json=token_answer)
     mocked.add(responses.GET, identity_url, json=identity)
     response = staff_client.get("/lightspeed/callback/", {"code": "the-code", "state": state})
 
@@ -190,36 +215,60 @@ def test_connect_sends_exactly_what_the_provider_expects(
         assert sent.headers["Content-Type"] == "application/x-www-form-urlencoded"
         assert dict(parse_qsl(sent.body)) == grant
         assert urlsplit(sent.url).query == ""
-    assert identity_call.request.url == identity_url
-    assert identity_call.request.headers["Authorization"] == "Bearer AT-1"
+    if provider.startswith("k-series"):
+        # "Get Businesses" is paginated: we ask for the first page and its size.
+        assert identity_call.request.url == f"{identity_url}?page=0&size=200"
+    else:
+        assert identity_call.request.url == identity_url
+    assert identity_call.request.headers["Authorization"] == f"Bearer {token_answer['access_token']}"
 
     company = ConnectedCompany.objects.get()
     assert company.company_id == company_id
-    assert company.access_token == "AT-1" and company.refresh_token == "RT-1"
+    assert company.access_token == token_answer["access_token"]
+    assert company.refresh_token == token_answer["refresh_token"]
     assert company.status == "active"
     assert TokenEvent.objects.filter(company=company, kind="connected").count() == 1
     assert AuthorizationRequest.objects.get().outcome == "connected"
 
 
-@pytest.mark.django_db
-def test_retail_x_builds_the_token_url_from_the_callbacks_domain_prefix(staff_client, mocked):
-    client = make_client(
+X_TOKEN = {**X_SERIES_TOKEN, "domain_prefix": "mystore"}  # the documented answer, for store "mystore"
+X_TOKEN_URL = "https://mystore.retail.lightspeed.app/api/1.0/token"
+X_RETAILER_URL = "https://mystore.retail.lightspeed.app/api/2.0/retailer"
+
+
+def x_series_client(scopes="retailer:read products:read"):
+    return make_client(
         provider="retail-x",
         environment="production",
         client_id="x-id",
         client_secret="x-secret",
         redirect_uri=REDIRECT,
-        scopes="",
+        scopes=scopes,
     )
+
+
+def x_series_callback(staff_client, client, prefix="mystore"):
+    query = dict(parse_qsl(start(staff_client, client).query))
+    return staff_client.get(
+        "/lightspeed/callback/", {"code": "c0de", "state": query["state"], "domain_prefix": prefix}
+    )
+
+
+@pytest.mark.django_db
+def test_retail_x_connects_the_retailer_named_by_its_documented_answers(staff_client, mocked):
+    client = x_series_client()
     location = start(staff_client, client)
     assert f"{location.scheme}://{location.netloc}{location.path}" == (
         "https://secure.retail.lightspeed.app/connect"
     )
     query = dict(parse_qsl(location.query))
-    assert len(query["state"]) >= 8 and "scope" not in query
-    token_url = "https://mystore.retail.lightspeed.app/api/1.0/token"
+    assert len(query["state"]) >= 8
+    assert query["scope"] == "retailer:read products:read"  # required since 2026-06-01
+    mocked.add(responses.POST, X_TOKEN_URL, json=X_TOKEN)
     mocked.add(
-        responses.POST, token_url, json={**TOKEN_ANSWER, "domain_prefix": "mystore", "expires": 1_900_000_000}
+        responses.GET,
+        X_RETAILER_URL,
+        json={"data": {**X_SERIES_RETAILER["data"], "domain_prefix": "mystore"}},
     )
 
     response = staff_client.get(
@@ -227,25 +276,88 @@ def test_retail_x_builds_the_token_url_from_the_callbacks_domain_prefix(staff_cl
     )
 
     assert response.status_code == 200
-    (call,) = mocked.calls
-    assert call.request.url == token_url
-    assert "Authorization" not in call.request.headers
-    assert dict(parse_qsl(call.request.body)) == {
+    token_call, retailer_call = mocked.calls
+    assert token_call.request.url == X_TOKEN_URL
+    assert "Authorization" not in token_call.request.headers
+    assert dict(parse_qsl(token_call.request.body)) == {
         "grant_type": "authorization_code",
         "code": "c0de",
         "redirect_uri": REDIRECT,
         "client_id": "x-id",
         "client_secret": "x-secret",
     }
+    assert retailer_call.request.headers["Authorization"] == f"Bearer {X_TOKEN['access_token']}"
     company = ConnectedCompany.objects.get()
-    assert company.company_id == "mystore"
+    assert company.company_id == X_SERIES_RETAILER["data"]["id"]  # the retailer's UUID
+    assert company.name == X_SERIES_RETAILER["data"]["name"]
     assert company.details["domain_prefix"] == "mystore"
+    assert company.refresh_token == X_TOKEN["refresh_token"]
+    # The documented answer has an absolute `expires` and `expires_in`; expires_in is read.
+    assert company.expires_at is not None
+
+
+@pytest.mark.django_db
+def test_retail_x_keeps_the_retailers_new_domain_prefix(staff_client, mocked):
+    mocked.add(responses.POST, X_TOKEN_URL, json=X_TOKEN)
+    mocked.add(
+        responses.GET,
+        X_RETAILER_URL,
+        json={"data": {**X_SERIES_RETAILER["data"], "domain_prefix": "renamed"}},
+    )
+    assert x_series_callback(staff_client, x_series_client()).status_code == 200
+    company = ConnectedCompany.objects.get()
+    assert company.details["domain_prefix"] == "renamed"
+    assert company.client.token_endpoint(company.url_context()) == (
+        "https://renamed.retail.lightspeed.app/api/1.0/token"
+    )
+
+
+@pytest.mark.django_db
+def test_retail_x_without_retailer_read_falls_back_to_the_prefix_with_a_warning(staff_client, mocked, caplog):
+    mocked.add(responses.POST, X_TOKEN_URL, json=X_TOKEN)
+    mocked.add(responses.GET, X_RETAILER_URL, status=403, json={"error": "insufficient_scope"})
+
+    assert x_series_callback(staff_client, x_series_client("products:read")).status_code == 200
+
+    company = ConnectedCompany.objects.get()
+    assert (company.company_id, company.name) == ("mystore", "mystore")
+    assert "retailer:read" in company.details["identity_warning"]
+    assert "retailer:read" in caplog.text
+
+
+@pytest.mark.django_db
+def test_retail_x_adopts_a_company_stored_under_its_prefix(staff_client, mocked):
+    from django_lightspeed_oauth.testing import make_company
+
+    client = x_series_client()
+    old = make_company(client, company_id="mystore", details={"domain_prefix": "mystore"})
+    mocked.add(responses.POST, X_TOKEN_URL, json=X_TOKEN)
+    mocked.add(
+        responses.GET,
+        X_RETAILER_URL,
+        json={"data": {**X_SERIES_RETAILER["data"], "domain_prefix": "mystore"}},
+    )
+
+    assert x_series_callback(staff_client, client).status_code == 200
+
+    company = ConnectedCompany.objects.get()
+    assert company.pk == old.pk
+    assert company.company_id == X_SERIES_RETAILER["data"]["id"]
+
+
+@pytest.mark.django_db
+def test_retail_x_refuses_a_token_answer_without_domain_prefix(staff_client, mocked):
+    answer = {k: v for k, v in X_TOKEN.items() if k != "domain_prefix"}
+    mocked.add(responses.POST, X_TOKEN_URL, json=answer)
+    response = x_series_callback(staff_client, x_series_client())
+    assert response.status_code == 502
+    assert not ConnectedCompany.objects.exists()
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("prefix", ["evil.com/x", "a..b", "-bad", "", "x" * 70, "ok?x=1"])
 def test_retail_x_rejects_a_domain_prefix_that_is_not_a_store_name(staff_client, mocked, prefix):
-    client = make_client(provider="retail-x", environment="production", redirect_uri=REDIRECT)
+    client = x_series_client()
     state = dict(parse_qsl(start(staff_client, client).query))["state"]
     response = staff_client.get(
         "/lightspeed/callback/", {"code": "c", "state": state, "domain_prefix": prefix}
@@ -269,7 +381,7 @@ def test_vendors_reads_the_company_from_the_id_token_without_a_userinfo_call(sta
     mocked.add(
         responses.POST,
         "https://accounts.lightspeed.app/oauth/token",
-        json={**TOKEN_ANSWER, "id_token": id_token},
+        json={**VENDORS_TOKEN, "id_token": id_token},
     )
     response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})
     assert response.status_code == 200
@@ -334,7 +446,7 @@ def test_custom_provider_follows_its_options(staff_client, mocked):
 
 @pytest.mark.django_db
 def test_connecting_the_same_company_again_updates_its_row(staff_client, mocked, api_client):
-    company_answer = [{"businessId": 1, "businessName": "Bistro"}]
+    company_answer = k_series_businesses((1, "Bistro", []))
     mocked.add(responses.GET, "https://api.trial.lsk.lightspeed.app/f/data/businesses", json=company_answer)
     for n in (1, 2):
         state = dict(parse_qsl(start(staff_client, api_client).query))["state"]
@@ -365,7 +477,7 @@ def test_company_connected_signal_and_next_redirect(staff_client, mocked, api_cl
         mocked.add(
             responses.GET,
             "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-            json=[{"businessId": 3, "businessName": "B"}],
+            json=k_series_businesses((3, "B", [])),
         )
         response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})
     finally:

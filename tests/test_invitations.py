@@ -14,6 +14,8 @@ from django.utils import timezone
 from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany
 from tests.settings import LIGHTSPEED_OAUTH
 
+from .lightspeed_documented import k_series_businesses
+
 pytestmark = pytest.mark.django_db
 
 AUTHORIZE_URL = "https://api.trial.lsk.lightspeed.app/oauth/authorize"
@@ -64,7 +66,7 @@ def test_a_merchant_without_a_login_connects_through_an_invitation(client, api_c
     mocked.add(
         responses.GET,
         "https://api.trial.lsk.lightspeed.app/f/data/businesses",
-        json=[{"businessId": 9, "businessName": "Shop"}],
+        json=k_series_businesses((9, "Shop", [])),
     )
     done = client.get("/lightspeed/callback/", {"code": "c0de", "state": query["state"]})
     assert done.status_code == 200

@@ -24,6 +24,8 @@ from django_lightspeed_oauth.providers import (
 )
 from tests.settings import LIGHTSPEED_OAUTH
 
+from .lightspeed_documented import K_SERIES_BUSINESSES, X_SERIES_RETAILER, X_SERIES_TOKEN
+
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
 SANDBOX = "http://testserver/lightspeed-sandbox"
 
@@ -149,21 +151,21 @@ ENDPOINTS = [
         "o-series",
         "production",
         "https://my.kounta.com/authorize",
-        "https://api.kounta.com/v1/token.json",
+        "https://api.kounta.com/v1/token",
         "https://api.kounta.com",
     ),
     (
         "o-series",
         "trial",
         "https://my.kounta.com/authorize",
-        "https://api.kounta.com/v1/token.json",
+        "https://api.kounta.com/v1/token",
         "https://api.kounta.com",
     ),
     (
         "o-series",
         "sandbox",
         f"{SANDBOX}/o-series/authorize",
-        f"{SANDBOX}/o-series/v1/token.json",
+        f"{SANDBOX}/o-series/v1/token",
         f"{SANDBOX}/o-series",
     ),
     (
@@ -171,21 +173,21 @@ ENDPOINTS = [
         "production",
         "https://cloud.lightspeedapp.com/auth/oauth/authorize",
         "https://cloud.lightspeedapp.com/auth/oauth/token",
-        "https://api.lightspeedapp.com",
+        "https://api.lightspeedapp.com/API/V3/Account/12345",
     ),
     (
         "retail-r",
         "trial",
         "https://cloud.lightspeedapp.com/auth/oauth/authorize",
         "https://cloud.lightspeedapp.com/auth/oauth/token",
-        "https://api.lightspeedapp.com",
+        "https://api.lightspeedapp.com/API/V3/Account/12345",
     ),
     (
         "retail-r",
         "sandbox",
         f"{SANDBOX}/retail-r/auth/oauth/authorize",
         f"{SANDBOX}/retail-r/auth/oauth/token",
-        f"{SANDBOX}/retail-r",
+        f"{SANDBOX}/retail-r/API/V3/Account/12345",
     ),
     (
         "retail-x",
@@ -213,14 +215,14 @@ ENDPOINTS = [
         "production",
         "https://accounts.lightspeed.app/authorize",
         "https://accounts.lightspeed.app/oauth/token",
-        "https://accounts.lightspeed.app",
+        "https://lsapi-catalog.lightspeedapp.com",
     ),
     (
         "vendors",
         "trial",
         "https://accounts.lightspeed.app/authorize",
         "https://accounts.lightspeed.app/oauth/token",
-        "https://accounts.lightspeed.app",
+        "https://lsapi-catalog.lightspeedapp.com",
     ),
     (
         "vendors",
@@ -237,7 +239,7 @@ ENDPOINTS = [
 )
 def test_endpoints_for_every_provider_and_environment(key, environment, authorize, token, api):
     provider = get_provider(key)
-    context = {"domain_prefix": "shop1"}
+    context = {"domain_prefix": "shop1", "accountID": "12345"}
     assert provider.endpoint("authorize", environment, context=context) == authorize
     assert provider.endpoint("token", environment, context=context) == token
     assert provider.endpoint("api", environment, context=context) == api
@@ -524,11 +526,14 @@ def test_extra_keeps_no_secret():
 # Identity ---------------------------------------------------------------------------------------
 
 
-def test_k_series_reads_the_first_business():
-    identity = get_provider("k-series").read_identity(
-        parse({"access_token": "A"}), {}, [{"businessId": 42, "businessName": "Bistro"}]
+def test_k_series_reads_every_business_of_the_documented_answer():
+    (identity,) = get_provider("k-series").read_identities(
+        parse({"access_token": "A"}), {}, [K_SERIES_BUSINESSES]
     )
-    assert (identity.company_id, identity.name) == ("42", "Bistro")
+    assert (identity.company_id, identity.name) == ("1234", "My Business")
+    assert identity.extra["business_locations"] == [
+        {"blID": 1234567890, "blName": "My Business Location 1", "country": "GB", "timezone": "Europe/London"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -537,15 +542,18 @@ def test_k_series_reads_the_first_business():
         None,
         [],
         {},
-        [{"businessId": ""}],
-        [{"businessId": True}],
-        [{"businessId": {"x": 1}}],
-        [{"businessId": "9" * 300}],
+        [{"businessId": 42}],  # a bare list is not what Lightspeed sends
+        {"_embedded": {"businessList": []}},
+        {"_embedded": {"businessList": [{"businessId": ""}]}},
+        {"_embedded": {"businessList": [{"businessId": True}]}},
+        {"_embedded": {"businessList": [{"businessId": {"x": 1}}]}},
+        {"_embedded": {"businessList": [{"businessId": "9" * 300}]}},
+        {"_embedded": "nope"},
     ],
 )
 def test_an_identity_answer_without_a_usable_company_id_is_refused(payload):
     with pytest.raises(IdentityError):
-        get_provider("k-series").read_identity(parse({"access_token": "A"}), {}, payload)
+        get_provider("k-series").read_identities(parse({"access_token": "A"}), {}, [payload])
 
 
 def test_retail_x_refuses_a_token_for_another_store_than_the_callback_named():
@@ -554,14 +562,26 @@ def test_retail_x_refuses_a_token_for_another_store_than_the_callback_named():
         get_provider("retail-x").read_identity(tokens, {"domain_prefix": "shop1"}, None)
 
 
-def test_retail_x_identity_endpoint_is_not_needed():
-    tokens = parse({"access_token": "A", "domain_prefix": "shop1"}, key="retail-x")
+def test_retail_x_reads_the_retailer_from_its_documented_answer():
+    tokens = parse({**X_SERIES_TOKEN, "domain_prefix": "shop1"}, key="retail-x")
     provider = get_provider("retail-x")
-    assert provider.identity_endpoint("production", {"domain_prefix": "shop1"}, tokens) is None
-    assert provider.read_identity(tokens, {"domain_prefix": "shop1"}, None).company_id == "shop1"
+    assert provider.identity_endpoint("production", {"domain_prefix": "shop1"}, tokens) == (
+        "https://shop1.retail.lightspeed.app/api/2.0/retailer"
+    )
+    identity = provider.read_identity(tokens, {"domain_prefix": "shop1"}, X_SERIES_RETAILER)
+    assert identity.company_id == X_SERIES_RETAILER["data"]["id"]
+    assert identity.name == X_SERIES_RETAILER["data"]["name"]
+    assert identity.previous_ids == ("shop1",)
 
 
-def test_identity_url_is_built_on_the_api_url():
+def test_retail_x_without_the_retailer_answers_falls_back_to_the_prefix():
+    tokens = parse({**X_SERIES_TOKEN, "domain_prefix": "shop1"}, key="retail-x")
+    identity = get_provider("retail-x").read_identity(tokens, {"domain_prefix": "shop1"}, None)
+    assert identity.company_id == "shop1"
+    assert "retailer:read" in identity.warning
+
+
+def test_retail_r_identity_is_the_account_resource_outside_the_account_base():
     provider = get_provider("retail-r")
     assert provider.identity_endpoint("production", {}, parse({"access_token": "A"})) == (
         "https://api.lightspeedapp.com/API/V3/Account.json"
@@ -624,3 +644,27 @@ def test_a_url_with_a_stray_brace_is_refused_clearly(template):
         get_provider("custom").fill(template, {"domain_prefix": "shop"})
     with pytest.raises(ProviderError, match="brace"):
         get_provider("custom", {"identity_url": template})
+
+
+@pytest.mark.parametrize(
+    "key,answer",
+    [
+        ("k-series", "K_SERIES_V1_TOKEN"),
+        ("k-series-v2", "K_SERIES_V2_TOKEN"),
+        ("o-series", "O_SERIES_TOKEN"),
+        ("retail-r", "R_SERIES_TOKEN"),
+        ("retail-x", "X_SERIES_TOKEN"),
+        ("vendors", "VENDORS_TOKEN"),
+    ],
+)
+def test_every_documented_token_answer_is_read(key, answer):
+    from . import lightspeed_documented
+
+    payload = getattr(lightspeed_documented, answer)
+    now = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    tokens = get_provider(key).parse_token_response(payload, now=now)
+    assert (tokens.access_token, tokens.refresh_token) == (payload["access_token"], payload["refresh_token"])
+    assert tokens.expires_at == now + timedelta(seconds=payload["expires_in"])
+    # K-Series V2 reports refresh_expires_in 0 with offline_access: that says nothing of a lifetime.
+    assert tokens.refresh_expires_at is None
+    assert "access_token" not in tokens.extra and "refresh_token" not in tokens.extra

@@ -27,6 +27,8 @@ from django_lightspeed_oauth.sandbox.models import (
     hash_secret,
 )
 
+from . import lightspeed_documented as documented
+
 pytestmark = pytest.mark.django_db
 
 PREFIX = "/lightspeed-sandbox/"
@@ -42,7 +44,7 @@ PATHS = {
         "k-series-v2/realms/k-series/protocol/openid-connect/token",
         "k-series-v2/f/data/businesses",
     ),
-    "o-series": ("o-series/authorize", "o-series/v1/token.json", "o-series/v1/companies/me.json"),
+    "o-series": ("o-series/authorize", "o-series/v1/token", "o-series/v1/companies/me"),
     "retail-r": (
         "retail-r/auth/oauth/authorize",
         "retail-r/auth/oauth/token",
@@ -52,15 +54,17 @@ PATHS = {
     "vendors": ("vendors/authorize", "vendors/oauth/token", "vendors/userinfo"),
 }
 FLAVOURS = list(PATHS)
+SCOPES = {"vendors": "openid profile offline_access", "retail-x": "retailer:read products:read"}
 ROTATING_FLAVOURS = [flavour for flavour in FLAVOURS if flavour != "o-series"]
 BASIC_AUTH_FLAVOURS = {"k-series", "k-series-v2", "vendors"}
 
 # What each identity endpoint answers once "Corner Café" (the second demo company) is connected.
 EXPECTED_IDENTITY: dict[str, Any] = {
-    "k-series": [{"businessId": 41002, "businessName": "Corner Café"}],
-    "k-series-v2": [{"businessId": 42002, "businessName": "Corner Café"}],
+    # The Corner Café user also sees Northside Deli: a K-Series token covers both businesses.
+    "k-series": [(41002, "Corner Café"), (41003, "Northside Deli")],
+    "k-series-v2": [(42002, "Corner Café"), (42003, "Northside Deli")],
     "o-series": {"id": 53002, "name": "Corner Café"},
-    "retail-r": {"Account": {"accountID": "64002", "name": "Corner Café"}},
+    "retail-r": {"@attributes": {"count": "1"}, "Account": {"accountID": "64002", "name": "Corner Café"}},
     "retail-x": {
         "data": {
             "id": "0a4b7c31-5f6e-11ec-8a2d-000000000002",
@@ -104,7 +108,7 @@ def authorize_url(flavour: str, **overrides: str | None) -> str:
         "response_type": "code",
         "client_id": f"{flavour}-client",
         "redirect_uri": REDIRECT_URI,
-        "scope": "openid profile offline_access" if flavour == "vendors" else "orders-api items",
+        "scope": SCOPES.get(flavour, "orders-api items"),
         "state": STATE,
     }
     if flavour == "vendors":
@@ -222,7 +226,7 @@ def test_allowed_authorization_connects_the_chosen_company(client: Client, flavo
     response = exchange(client, flavour, callback["code"])
     assert response.status_code == 200, response.content
     tokens = response.json()
-    assert tokens["token_type"] == "bearer"
+    assert tokens["token_type"] == ("Bearer" if flavour == "retail-x" else "bearer")
     assert tokens["expires_in"] == 3600
     assert tokens["access_token"] and tokens["refresh_token"]
     assert tokens["access_token"] != tokens["refresh_token"]
@@ -231,7 +235,11 @@ def test_allowed_authorization_connects_the_chosen_company(client: Client, flavo
 
     api = identity(client, flavour, tokens["access_token"])
     assert api.status_code == 200
-    assert api.json() == EXPECTED_IDENTITY[flavour]
+    if flavour.startswith("k-series"):
+        businesses = api.json()["_embedded"]["businessList"]
+        assert [(b["businessId"], b["businessName"]) for b in businesses] == EXPECTED_IDENTITY[flavour]
+    else:
+        assert api.json() == EXPECTED_IDENTITY[flavour]
 
 
 def test_consent_form_works_with_csrf_checks_enforced() -> None:
@@ -454,16 +462,58 @@ def test_k_series_rejects_token_parameters_in_the_body(client: Client) -> None:
     assert exchange(client, "k-series", code).status_code == 200
 
 
-def test_k_series_v2_reports_refresh_expires_in(client: Client) -> None:
+def test_k_series_v2_reports_refresh_expires_in_as_documented(client: Client) -> None:
+    # Lightspeed documents refresh_expires_in only as 0 (with offline_access): no other lifetime.
     register("k-series-v2")
     code = consent(client, "k-series-v2", scope="orders-api")["code"]
     online = exchange(client, "k-series-v2", code).json()
     offline_code = consent(client, "k-series-v2", scope="orders-api offline_access")["code"]
     offline = exchange(client, "k-series-v2", offline_code).json()
 
-    assert online["refresh_expires_in"] == 14 * 24 * 3600
+    assert online["refresh_expires_in"] == 0
     assert offline["refresh_expires_in"] == 0
     assert "refresh_expires_in" not in connect(client, "k-series")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_only_k_series_v1_refresh_tokens_expire_after_fourteen_days(client: Client, flavour: str) -> None:
+    connect(client, flavour)
+    refresh_token = SandboxToken.objects.get(kind=SandboxToken.REFRESH)
+    if flavour == "k-series":
+        lifetime = refresh_token.expires_at - refresh_token.created_at
+        assert abs(lifetime.total_seconds() - 14 * 24 * 3600) < 60
+    else:
+        assert refresh_token.expires_at is None
+
+
+def test_retail_x_refuses_an_authorization_without_scope(client: Client) -> None:
+    register("retail-x")
+    response = client.get(authorize_url("retail-x", scope=None))
+    assert response.status_code == 302
+    assert query_of(response["Location"])["error"] == "access_denied"
+
+
+def test_retail_x_retailer_needs_the_retailer_read_scope(client: Client) -> None:
+    register("retail-x")
+    code = consent(client, "retail-x", scope="products:read")["code"]
+    tokens = exchange(client, "retail-x", code).json()
+
+    response = identity(client, "retail-x", tokens["access_token"])
+
+    assert response.status_code == 403
+
+
+def test_k_series_businesses_are_paginated_with_page_and_size(client: Client) -> None:
+    tokens = connect(client, "k-series")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {tokens['access_token']}"}
+
+    first = client.get(identity_path("k-series"), {"page": "0", "size": "1"}, **auth).json()
+    second = client.get(identity_path("k-series"), {"page": "1", "size": "1"}, **auth).json()
+    third = client.get(identity_path("k-series"), {"page": "2", "size": "1"}, **auth).json()
+
+    assert [b["businessId"] for b in first["_embedded"]["businessList"]] == [41002]
+    assert [b["businessId"] for b in second["_embedded"]["businessList"]] == [41003]
+    assert third["_embedded"]["businessList"] == []
 
 
 def test_o_series_takes_client_credentials_in_the_body_without_basic(client: Client) -> None:
@@ -672,7 +722,10 @@ def test_refresh_rotates_the_refresh_token(client: Client, flavour: str) -> None
     assert new["refresh_token"] != tokens["refresh_token"]
     assert new["access_token"] != tokens["access_token"]
     assert new["expires_in"] == 3600
-    assert identity(client, flavour, new["access_token"]).json() == EXPECTED_IDENTITY[flavour]
+    answer = identity(client, flavour, new["access_token"]).json()
+    if flavour.startswith("k-series"):
+        answer = [(b["businessId"], b["businessName"]) for b in answer["_embedded"]["businessList"]]
+    assert answer == EXPECTED_IDENTITY[flavour]
     assert refresh(client, flavour, new["refresh_token"]).status_code == 200
 
 
@@ -903,3 +956,45 @@ def test_admin_keeps_the_secret_when_left_blank(admin_client: Client) -> None:
     assert response.status_code == 302
     sandbox_client.refresh_from_db()
     assert (sandbox_client.name, sandbox_client.client_secret) == ("Renamed", CLIENT_SECRET)
+
+
+# The sandbox answers in the shapes of Lightspeed's documented examples --------------------------
+
+DOCUMENTED_TOKENS = {
+    "k-series": documented.K_SERIES_V1_TOKEN,
+    "k-series-v2": documented.K_SERIES_V2_TOKEN,
+    "o-series": documented.O_SERIES_TOKEN,
+    "retail-r": documented.R_SERIES_TOKEN,
+    "retail-x": documented.X_SERIES_TOKEN,
+    "vendors": documented.VENDORS_TOKEN,
+}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_token_answers_have_the_documented_fields(client: Client, flavour: str) -> None:
+    answer = connect(client, flavour)
+    documented_fields = documented.shape(DOCUMENTED_TOKENS[flavour])
+    assert {
+        key: documented.shape(answer[key]) for key in documented_fields if key in answer
+    } == documented_fields
+    assert set(answer) - set(documented_fields) <= {"scope", "id_token"}
+
+
+def test_k_series_businesses_answer_has_the_documented_shape(client: Client) -> None:
+    tokens = connect(client, "k-series")
+    answer = identity(client, "k-series", tokens["access_token"]).json()
+    assert documented.shape(answer) == documented.shape(documented.K_SERIES_BUSINESSES)
+
+
+@pytest.mark.parametrize(
+    "flavour,example",
+    [
+        ("o-series", documented.O_SERIES_COMPANY),
+        ("retail-r", documented.R_SERIES_ACCOUNT),
+        ("retail-x", documented.X_SERIES_RETAILER),
+    ],
+)
+def test_identity_answers_have_the_documented_shape(client: Client, flavour: str, example: Any) -> None:
+    tokens = connect(client, flavour)
+    answer = identity(client, flavour, tokens["access_token"]).json()
+    assert documented.shape(answer) == documented.shape(example)

@@ -16,9 +16,11 @@ from django_lightspeed_oauth.exceptions import (
     ReauthorizationRequired,
     RefreshFailed,
 )
-from django_lightspeed_oauth.models import ConnectedCompany, TokenEvent
+from django_lightspeed_oauth.models import ApiClient, ConnectedCompany, TokenEvent
 from django_lightspeed_oauth.testing import FakeTokenEndpoint, make_company
 from django_lightspeed_oauth.tokens import refresh
+
+from .lightspeed_documented import X_SERIES_TOKEN, k_series_businesses
 
 pytestmark = pytest.mark.django_db
 
@@ -151,14 +153,90 @@ def test_expired_token_with_a_failing_refresh_raises_a_clear_error():
             company.get_access_token()
 
 
-def test_invalid_client_is_failing_not_reauthorization():
+@pytest.mark.parametrize("error", ["invalid_client", "unauthorized_client"])
+def test_a_refused_client_is_recorded_on_the_client_and_its_companies_keep_their_grant(error):
+    company = make_company(expires_in=60)
+    sibling = make_company(company.client, expires_in=60)
+    refused = []
+    signals.client_credentials_refused.connect(
+        lambda **kw: refused.append(kw), weak=False, dispatch_uid="test-refused"
+    )
+    try:
+        with FakeTokenEndpoint(company.client) as fake:
+            fake.fail_with(error)
+            assert company.refresh() == "failed"
+            # The sibling is not sent to a token endpoint that refuses the client anyway.
+            sibling.client.refresh_from_db()
+            assert sibling.refresh() == "failed"
+            assert len(fake.requests) == 1
+    finally:
+        signals.client_credentials_refused.disconnect(dispatch_uid="test-refused")
+    for row in ConnectedCompany.objects.filter(pk__in=[company.pk, sibling.pk]):
+        assert row.status == "active"  # not "re-authorization required": the merchant did nothing
+        assert row.token_version == 0 and row.refresh_token
+    client = ApiClient.objects.get(pk=company.client.pk)
+    assert client.credentials_refused_at is not None
+    assert "client id and secret" in client.credentials_error
+    (kwargs,) = refused
+    assert kwargs["client"].pk == client.pk and kwargs["company"].pk == company.pk
+
+
+def test_refresh_resumes_once_the_refused_client_is_fixed():
     company = make_company(expires_in=60)
     with FakeTokenEndpoint(company.client) as fake:
         fake.fail_with("invalid_client")
         company.refresh()
-    stored = ConnectedCompany.objects.get(pk=company.pk)
-    assert stored.status == "failing"
-    assert "client id and secret" in stored.last_error
+        fake.fail_with(None)
+        client = ApiClient.objects.get(pk=company.client.pk)
+        client.client_secret = "the-corrected-secret"
+        client.save()
+        assert ApiClient.objects.get(pk=client.pk).credentials_refused_at is None
+        fresh = ConnectedCompany.objects.select_related("client").get(pk=company.pk)
+        assert fresh.refresh() == "refreshed"
+    assert ConnectedCompany.objects.get(pk=company.pk).status == "active"
+
+
+def test_saving_a_refused_client_without_changing_its_credentials_keeps_the_refusal():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with("invalid_client")
+        company.refresh()
+    client = ApiClient.objects.get(pk=company.client.pk)
+    client.name = "Renamed"
+    client.save()
+    assert ApiClient.objects.get(pk=client.pk).credentials_refused_at is not None
+
+
+def test_a_forced_refresh_that_succeeds_clears_the_refusal():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with("invalid_client")
+        company.refresh()
+        fake.fail_with(None)  # fixed at Lightspeed, nothing changed here
+        assert company.refresh(force=True) == "refreshed"
+    assert ApiClient.objects.get(pk=company.client.pk).credentials_refused_at is None
+
+
+def test_invalid_grant_still_ends_the_companys_grant():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with("invalid_grant")
+        assert company.refresh() == "reauthorization_required"
+    assert ApiClient.objects.get(pk=company.client.pk).credentials_refused_at is None
+
+
+def test_a_renamed_retail_x_store_is_followed_on_refresh(mocked):
+    from django_lightspeed_oauth.testing import make_client
+
+    client = make_client(provider="retail-x", environment="production", scopes="retailer:read")
+    company = make_company(client, expires_in=60, details={"domain_prefix": "oldname"})
+    mocked.add(
+        responses.POST,
+        "https://oldname.retail.lightspeed.app/api/1.0/token",
+        json={**X_SERIES_TOKEN, "domain_prefix": "newname"},
+    )
+    assert company.refresh() == "refreshed"
+    assert ConnectedCompany.objects.get(pk=company.pk).details["domain_prefix"] == "newname"
 
 
 def test_success_after_failures_resets_the_company(received):
@@ -216,10 +294,10 @@ def test_api_session_sends_the_bearer_token_and_retries_once_after_401(mocked):
     first = company.access_token
     url = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
     mocked.add(responses.GET, url, status=401)
-    mocked.add(responses.GET, url, json=[{"businessId": 1}])
+    mocked.add(responses.GET, url, json=k_series_businesses((1, "Bistro", [])))
     with FakeTokenEndpoint(company.client, mock=mocked) as fake:
         response = company.api_session().get("/f/data/businesses")
-    assert response.json() == [{"businessId": 1}]
+    assert response.json() == k_series_businesses((1, "Bistro", []))
     api_calls = [c for c in mocked.calls if c.request.url == url]
     assert api_calls[0].request.headers["Authorization"] == f"Bearer {first}"
     assert api_calls[1].request.headers["Authorization"] == f"Bearer {fake.last_access_token}"

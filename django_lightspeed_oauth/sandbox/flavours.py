@@ -14,7 +14,8 @@ BASIC = "basic"
 #: ... or with ``client_id`` and ``client_secret`` in the form body.
 BODY = "body"
 
-#: Lightspeed documents 14 days for K-Series refresh tokens; the sandbox uses it wherever they expire.
+#: Lightspeed documents 14 days for K-Series (V1) refresh tokens. No other flavour documents a
+#: refresh token lifetime, so their sandbox refresh tokens do not expire.
 FOURTEEN_DAYS = 14 * 24 * 3600
 
 
@@ -25,6 +26,9 @@ class DemoCompany:
     id: str
     name: str
     domain_prefix: str = ""
+    #: K-Series: the ids of the other businesses the user who authorizes as this company can see
+    #: (a token covers every business its user sees).
+    also_sees: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,8 @@ class Flavour:
     token_params_in_query: bool = False
     #: Each refresh issues a new refresh token and retires the old one.
     rotates_refresh_tokens: bool = True
-    #: Seconds a refresh token lives; ``None``: it does not expire (O-Series).
-    refresh_token_lifetime: int | None = FOURTEEN_DAYS
+    #: Seconds a refresh token lives; ``None``: no lifetime is documented, so it does not expire here.
+    refresh_token_lifetime: int | None = None
     pkce_required: bool = False
     #: A regular expression the whole ``state`` must match, and the sentence that explains it.
     state_pattern: str = ""
@@ -56,9 +60,21 @@ class Flavour:
     reports_refresh_expires_in: bool = False
     #: An OpenID Connect server: ``openid`` in the scope adds an ``id_token``.
     issues_id_token: bool = False
+    #: Retail X-Series answers an authorization request without ``scope`` with access_denied.
+    requires_scope: bool = False
+    #: A scope the identity endpoint needs (Retail X-Series' retailer endpoint: retailer:read).
+    identity_scope: str = ""
+    #: The token_type the token endpoint writes.
+    token_type: str = "bearer"
 
     def company(self, company_id: str) -> DemoCompany | None:
         return next((company for company in self.companies if company.id == company_id), None)
+
+    def visible_companies(self, company: DemoCompany) -> list[DemoCompany]:
+        """The company and every other one its authorizing user can see."""
+        known = self.company(company.id)
+        others = [self.company(other) for other in (known.also_sees if known else ())]
+        return [company, *(other for other in others if other is not None)]
 
     def state_is_valid(self, state: str) -> bool:
         return not self.state_pattern or re.fullmatch(self.state_pattern, state) is not None
@@ -69,8 +85,32 @@ def _companies(*ids: str, domain_prefixes: tuple[str, ...] = ("", "", "")) -> tu
     return tuple(DemoCompany(id, name, prefix) for id, name, prefix in zip(ids, names, domain_prefixes))
 
 
+def _k_series_companies(*ids: str) -> tuple[DemoCompany, ...]:
+    # The second demo user sees two businesses, as a K-Series owner of two restaurants does.
+    first, second, third = _companies(*ids)
+    return (first, DemoCompany(second.id, second.name, also_sees=(third.id,)), third)
+
+
+def k_series_business(company: DemoCompany) -> dict[str, Any]:
+    """One entry of "Get Businesses" (api-docs.lsk.lightspeed.app, financial-api getBusinesses)."""
+    business_id = int(company.id)
+    return {
+        "businessName": company.name,
+        "businessId": business_id,
+        "currencyCode": "GBP",
+        "businessLocations": [
+            {
+                "blName": f"{company.name} Location 1",
+                "blID": business_id * 100000 + 1,
+                "country": "GB",
+                "timezone": "Europe/London",
+            }
+        ],
+    }
+
+
 def _k_series_identity(company: DemoCompany) -> Any:
-    return [{"businessId": int(company.id), "businessName": company.name}]
+    return k_series_business(company)
 
 
 FLAVOURS: dict[str, Flavour] = {
@@ -81,8 +121,9 @@ FLAVOURS: dict[str, Flavour] = {
             label="Restaurant K-Series",
             client_auth=BASIC,
             token_params_in_query=True,
+            refresh_token_lifetime=FOURTEEN_DAYS,
             identity=_k_series_identity,
-            companies=_companies("41001", "41002", "41003"),
+            companies=_k_series_companies("41001", "41002", "41003"),
         ),
         Flavour(
             slug="k-series-v2",
@@ -90,14 +131,13 @@ FLAVOURS: dict[str, Flavour] = {
             client_auth=BASIC,
             reports_refresh_expires_in=True,
             identity=_k_series_identity,
-            companies=_companies("42001", "42002", "42003"),
+            companies=_k_series_companies("42001", "42002", "42003"),
         ),
         Flavour(
             slug="o-series",
             label="Restaurant O-Series",
             client_auth=BODY,
             rotates_refresh_tokens=False,
-            refresh_token_lifetime=None,
             identity=lambda company: {"id": int(company.id), "name": company.name},
             companies=_companies("53001", "53002", "53003"),
         ),
@@ -106,7 +146,10 @@ FLAVOURS: dict[str, Flavour] = {
             label="Retail R-Series",
             client_auth=BODY,
             strict_form_body=True,
-            identity=lambda company: {"Account": {"accountID": company.id, "name": company.name}},
+            identity=lambda company: {
+                "@attributes": {"count": "1"},
+                "Account": {"accountID": company.id, "name": company.name},
+            },
             companies=_companies("64001", "64002", "64003"),
         ),
         Flavour(
@@ -117,6 +160,9 @@ FLAVOURS: dict[str, Flavour] = {
             state_rule="state is required and must be at least 8 characters long.",
             rejects_query_credentials=True,
             uses_domain_prefix=True,
+            requires_scope=True,
+            identity_scope="retailer:read",
+            token_type="Bearer",
             identity=lambda company: {
                 "data": {"id": company.id, "name": company.name, "domain_prefix": company.domain_prefix}
             },

@@ -37,9 +37,9 @@ urlpatterns = [
     ),
     # Restaurant O-Series (Kounta).
     path("o-series/authorize", AuthorizeView.as_view(flavour_slug="o-series"), name="o-series-authorize"),
-    path("o-series/v1/token.json", TokenView.as_view(flavour_slug="o-series"), name="o-series-token"),
+    path("o-series/v1/token", TokenView.as_view(flavour_slug="o-series"), name="o-series-token"),
     path(
-        "o-series/v1/companies/me.json",
+        "o-series/v1/companies/me",
         IdentityView.as_view(flavour_slug="o-series"),
         name="o-series-identity",
     ),

@@ -110,6 +110,9 @@ class AuthorizeView(FlavourView):
             return self.refuse(params, "invalid_request", self.flavour.state_rule)
         challenge = params.get("code_challenge", "")
         method = params.get("code_challenge_method", "")
+        if self.flavour.requires_scope and not params.get("scope", "").strip():
+            # Retail X-Series, since 2026-06-01: an authorization request without scope is denied.
+            return self.refuse(params, "access_denied", "scope is required.")
         if self.flavour.pkce_required and not challenge:
             return self.refuse(params, "invalid_request", "code_challenge (PKCE, S256) is required.")
         if challenge and (method != "S256" or not CODE_CHALLENGE_RE.fullmatch(challenge)):
@@ -359,7 +362,7 @@ class TokenView(FlavourView):
         access, access_token = grant.issue(SandboxToken.ACCESS, lifetime)
         body: dict[str, Any] = {
             "access_token": access_token,
-            "token_type": "bearer",
+            "token_type": flavour.token_type,
             "expires_in": lifetime,
             "scope": grant.scope,
         }
@@ -409,7 +412,31 @@ class IdentityView(FlavourView):
             return self.unauthorized("The access token has expired.")
         if self.flavour.uses_domain_prefix and domain_prefix != token.grant.domain_prefix:
             return self.unauthorized("The access token is not valid for this store.")
-        return JsonResponse(self.flavour.identity(token.grant.company()), safe=False)
+        scope = self.flavour.identity_scope
+        if scope and scope not in token.grant.scopes:
+            return JsonResponse(
+                {"error": "insufficient_scope", "error_description": f"The {scope} scope is required."},
+                status=403,
+            )
+        company = token.grant.company()
+        if self.flavour.slug.startswith("k-series"):
+            return self.businesses(request, company)
+        return JsonResponse(self.flavour.identity(company), safe=False)
+
+    def businesses(self, request: HttpRequest, company: Any) -> JsonResponse:
+        """A page of "Get Businesses": every business the authorizing user sees (page / size)."""
+        try:
+            page = max(0, int(request.GET.get("page", "0")))
+            size = min(1000, max(1, int(request.GET.get("size", "1000"))))
+        except ValueError:
+            return JsonResponse({"error": "page and size must be numbers"}, status=400)
+        visible = self.flavour.visible_companies(company)[page * size : (page + 1) * size]
+        return JsonResponse(
+            {
+                "_embedded": {"businessList": [self.flavour.identity(business) for business in visible]},
+                "_links": {"self": {"href": request.build_absolute_uri()}},
+            }
+        )
 
     def unauthorized(self, description: str) -> JsonResponse:
         response = JsonResponse({"error": "invalid_token", "error_description": description}, status=401)

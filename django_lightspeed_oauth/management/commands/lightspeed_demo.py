@@ -40,11 +40,16 @@ class DemoClient:
 
 #: One per flavour; client ids follow each product's own pattern (K-Series ids start with devp-).
 DEMO_CLIENTS: tuple[DemoClient, ...] = (
-    DemoClient("sandbox-k-series", "k-series", "devp-sandbox-demo", "orders-api items"),
-    DemoClient("sandbox-k-series-v2", "k-series-v2", "devp-v2-sandbox-demo", "openid orders-api items"),
+    DemoClient("sandbox-k-series", "k-series", "devp-sandbox-demo", "financial-api orders-api items"),
+    DemoClient(
+        "sandbox-k-series-v2",
+        "k-series-v2",
+        "devp-v2-sandbox-demo",
+        "openid offline_access financial-api orders-api items",
+    ),
     DemoClient("sandbox-o-series", "o-series", "sandbox-o-series-demo", ""),
     DemoClient("sandbox-retail-r", "retail-r", "sandbox-retail-r-demo", "employee:all"),
-    DemoClient("sandbox-retail-x", "retail-x", "sandbox-retail-x-demo", ""),
+    DemoClient("sandbox-retail-x", "retail-x", "sandbox-retail-x-demo", "retailer:read products:read"),
     DemoClient("sandbox-vendors", "vendors", "sandbox-vendors-demo", "openid profile offline_access"),
 )
 

@@ -19,7 +19,8 @@ Status = ConnectedCompany.Status
 class Command(BaseCommand):
     help = (
         "Show connected companies per API client and status. Exits 1 when a company is "
-        "failing, has an expired token, or needs re-authorization."
+        "failing, has an expired token, or needs re-authorization, or when Lightspeed refused an "
+        "API client's credentials."
     )
 
     def add_arguments(self, parser) -> None:
@@ -67,10 +68,16 @@ class Command(BaseCommand):
                 "disconnected": c.disconnected,
                 "expiring_soon": c.expiring,
                 "expired": c.expired,
+                "credentials_refused": c.credentials_refused_at is not None,
+                "credentials_error": c.credentials_error,
             }
             for c in clients
         ]
-        attention = [r for r in rows if r["failing"] or r["reauthorization_required"] or r["expired"]]
+        attention = [
+            r
+            for r in rows
+            if r["failing"] or r["reauthorization_required"] or r["expired"] or r["credentials_refused"]
+        ]
         if options["json"]:
             self.stdout.write(json.dumps({"clients": rows, "needs_attention": bool(attention)}))
         else:
@@ -95,6 +102,15 @@ class Command(BaseCommand):
             text = " ".join(f"{str(row[key]):<{width}}" for key, _, width in columns).rstrip()
             flagged = row in attention
             self.stdout.write(self.style.ERROR(text) if flagged else text)
+        for row in rows:
+            if row["credentials_refused"]:
+                self.stdout.write(
+                    self.style.ERROR(
+                        f"API client {row['client']}: Lightspeed refused its credentials "
+                        f"({row['credentials_error']}). Fix the client id, secret or endpoints in "
+                        "the admin; its companies are refreshed again once it is saved."
+                    )
+                )
         if not rows:
             self.stdout.write("No API clients.")
         elif attention:
