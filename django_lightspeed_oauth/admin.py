@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
@@ -115,6 +116,7 @@ class ApiClientAdmin(admin.ModelAdmin):
         "active_count",
         "failing_count",
         "reauthorization_count",
+        "credentials_state",
         "is_active",
     ]
     list_filter = [ProviderFilter, "environment", "is_active"]
@@ -127,6 +129,7 @@ class ApiClientAdmin(admin.ModelAdmin):
         "client_secret_fingerprint",
         "redirect_uri_to_register",
         "provider_notes",
+        "credentials_refusal",
         "created_at",
         "updated_at",
     ]
@@ -150,6 +153,8 @@ class ApiClientAdmin(admin.ModelAdmin):
             # View-only pages show every field read-only, reading it from the model: the
             # secret itself must not be one of them.
             credentials.remove("client_secret")
+        if obj is not None and obj.credentials_refused_at:
+            credentials.insert(0, "credentials_refusal")
         fieldsets = [
             (None, {"fields": ["name", "slug", "provider", "environment", "is_active"]}),
             (_("Credentials"), {"fields": credentials}),
@@ -170,6 +175,12 @@ class ApiClientAdmin(admin.ModelAdmin):
         # client_secret is a form-only field: the model field is not editable, by design.
         kwargs["fields"] = [f for f in fields if f != "client_secret"]
         return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: ApiClient, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        advice = obj.scope_warning()
+        if advice:
+            self.message_user(request, advice, messages.WARNING)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         initial = super().get_changeform_initial_data(request)
@@ -229,7 +240,23 @@ class ApiClientAdmin(admin.ModelAdmin):
     def reauthorization_count(self, obj: ApiClient) -> str:
         return self._companies_link(obj, obj.reauthorization_count, Status.REAUTHORIZATION_REQUIRED)
 
+    @admin.display(description=_("credentials"), ordering="credentials_refused_at")
+    def credentials_state(self, obj: ApiClient) -> str:
+        if obj.credentials_refused_at:
+            return format_html('<strong style="color:#ba2121">{}</strong>', _("refused by Lightspeed"))
+        return _("ok")
+
     # Read-only fields -----------------------------------------------------------------------
+
+    @admin.display(description=_("credentials refused"))
+    def credentials_refusal(self, obj: ApiClient) -> str:
+        return format_html(
+            '<strong style="color:#ba2121">{}</strong><br>{}<br>{}',
+            _("Lightspeed refused this client's credentials on %(when)s; its companies are not refreshed.")
+            % {"when": date_format(timezone.localtime(obj.credentials_refused_at), "DATETIME_FORMAT")},
+            obj.credentials_error,
+            _("Correct the client id, secret or endpoints and save: refreshing resumes."),
+        )
 
     @admin.display(description=_("stored secret"))
     def client_secret_fingerprint(self, obj: ApiClient) -> str:

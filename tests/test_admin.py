@@ -738,3 +738,37 @@ def test_changing_where_the_secret_is_sent_requires_entering_it_again(
         client_form_data(secret_client, client_secret=CLIENT_SECRET, **{field: value}),
     )
     assert response.status_code == 302
+
+
+def test_a_refused_client_is_flagged_and_a_new_secret_lets_refreshes_resume(admin_client, secret_client):
+    ApiClient.objects.filter(pk=secret_client.pk).update(
+        credentials_refused_at=timezone.now(),
+        credentials_error="The token endpoint refused (invalid_client).",
+    )
+    listing = admin_client.get(changelist_url(ApiClient)).content.decode()
+    page = admin_client.get(change_url(secret_client)).content.decode()
+    assert "refused by Lightspeed" in listing
+    assert "The token endpoint refused (invalid_client)." in page
+
+    response = admin_client.post(
+        change_url(secret_client), client_form_data(secret_client, client_secret="the-right-secret")
+    )
+
+    assert response.status_code == 302
+    assert ApiClient.objects.get(pk=secret_client.pk).credentials_refused_at is None
+
+
+def test_saving_a_k_series_v2_client_without_offline_access_warns(admin_client, db):
+    client = make_client(provider="k-series-v2", scopes="offline_access orders-api")
+    response = admin_client.post(
+        change_url(client), client_form_data(client, scopes="orders-api"), follow=True
+    )
+    assert any("offline_access" in text for _level, text in messages_of(response))
+
+
+def test_a_retail_x_client_without_scopes_is_refused_with_what_to_add(admin_client, db):
+    client = make_client(provider="retail-x", scopes="retailer:read")
+    response = admin_client.post(change_url(client), client_form_data(client, scopes=""))
+    assert response.status_code == 200
+    assert "retailer:read" in response.content.decode() and "requires scopes" in response.content.decode()
+    assert ApiClient.objects.get(pk=client.pk).scopes == "retailer:read"

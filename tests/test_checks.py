@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
+from django.utils import timezone
 
 from django_lightspeed_oauth import checks
 from django_lightspeed_oauth.models import ApiClient
@@ -166,3 +167,45 @@ def test_checks_are_registered_with_django():
     with lightspeed_settings(LOCK_TIMEOUT=1):
         found = {m.id for m in run_checks(databases=["default"])}
     assert {"lightspeed_oauth.E004", "lightspeed_oauth.W002"} <= found
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("provider", ["k-series", "k-series-v2", "retail-x"])
+def test_e009_a_client_whose_provider_requires_scopes_has_none(provider):
+    client = make_client(provider=provider, scopes="offline_access orders-api")
+    ApiClient.objects.filter(pk=client.pk).update(scopes="")
+    messages = checks.check_api_clients(databases=["default"])
+    assert "lightspeed_oauth.E009" in ids(messages)
+    (error,) = [m for m in messages if m.id == "lightspeed_oauth.E009"]
+    assert "requires scopes" in error.msg and "Add" in error.msg
+
+
+@pytest.mark.django_db
+def test_w003_k_series_v2_without_offline_access():
+    make_client(provider="k-series-v2", scopes="orders-api items")
+    make_client(provider="k-series-v2", scopes="offline_access orders-api")
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.W003"]
+    assert "offline_access" in messages[0].hint
+
+
+@pytest.mark.django_db
+def test_e010_a_client_whose_credentials_lightspeed_refused():
+    client = make_client()
+    ApiClient.objects.filter(pk=client.pk).update(
+        credentials_refused_at=timezone.now(), credentials_error="invalid_client"
+    )
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.E010"]
+    assert "invalid_client" in messages[0].msg
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("provider", ["k-series", "retail-x"])
+def test_a_client_without_required_scopes_fails_validation_with_what_to_add(provider):
+    from django.core.exceptions import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        make_client(provider=provider, scopes="")
+    (message,) = caught.value.message_dict["scopes"]
+    assert "requires scopes" in message and "e.g." in message

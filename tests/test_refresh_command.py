@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from io import StringIO
 import os
 import signal
 import threading
@@ -147,3 +148,27 @@ def test_status_is_zero_when_healthy_and_one_when_something_needs_care():
     make_company(client, expires_in=3600, status="reauthorization_required")
     code, out = status()
     assert code == 1 and "need attention" in out
+
+
+def test_status_names_a_client_whose_credentials_were_refused():
+    client = make_client(slug="shop")
+    company = make_company(client, expires_in=60)
+    with FakeTokenEndpoint(client) as fake:
+        fake.fail_with("invalid_client")
+        company.refresh()
+    code, out = status()
+    assert code == 1
+    assert "API client shop: Lightspeed refused its credentials" in out
+    assert ConnectedCompany.objects.get(pk=company.pk).status == "active"
+
+
+def test_the_sweep_reports_companies_of_a_refused_client_as_failed_without_asking_again():
+    client = make_client(slug="shop")
+    companies = [make_company(client, expires_in=60) for _ in range(3)]
+    with FakeTokenEndpoint(client) as fake:
+        fake.fail_with("invalid_client")
+        companies[0].refresh()
+        with pytest.raises(SystemExit) as exit:
+            call_command("refresh_lightspeed_tokens", stdout=StringIO())
+        assert len(fake.requests) == 1
+    assert exit.value.code == 1
