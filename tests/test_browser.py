@@ -291,6 +291,29 @@ def test_merchant_connects_with_an_invitation_link(site, staff_page, new_page):
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
 
 
+def test_a_k_series_user_with_two_businesses_chooses_one(site, staff_page):
+    page = staff_page
+    open_api_client(page, "sandbox-k-series-v2")
+    page.click("a#connect-company")
+    consent(page, "Corner Café")  # this demo user sees Corner Café and Northside Deli
+
+    expect(page.locator("h1")).to_have_text("Choose the business to connect")
+    assert page.url.endswith("/lightspeed/callback/choose/")  # no code or state in the address
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "choose-business.png"), full_page=True)
+    page.locator("label", has_text="Northside Deli").locator('input[name="company"]').check()
+    page.click("text=Connect this business")
+
+    expect(page.locator("h1")).to_have_text("Connected")
+    expect(page.locator("body")).to_contain_text("Northside Deli")
+    row = company_row(page, "K-Series (V2)", "Northside Deli")
+    expect(row.locator("span.ls-status-active")).to_have_text("Active")
+    page.goto("/admin/lightspeed_oauth/connectedcompany/")
+    expect(
+        page.locator("#result_list tbody tr", has_text="Corner Café").filter(has_text="K-Series (V2)")
+    ).to_have_count(0)
+
+
 def test_denied_consent_shows_the_cancelled_page(site, staff_page):
     page = staff_page
     open_api_client(page, "sandbox-o-series")
@@ -305,7 +328,8 @@ def test_denied_consent_shows_the_cancelled_page(site, staff_page):
 def test_refresh_now_action_renews_the_token(site, staff_page):
     page = staff_page
     # Retail X-Series: the token URL is the store's own, so the refresh must find it again.
-    connect_from_admin(page, "sandbox-retail-x", "Northside Deli", shown_as="northsidedeli")
+    # The retailer's name comes from the sandbox's /api/2.0/retailer answer, as at Lightspeed.
+    connect_from_admin(page, "sandbox-retail-x", "Northside Deli")
     # Age the token as if it had been issued long ago, so a renewed expiry shows in the list.
     site.manage(
         "shell",
@@ -315,7 +339,7 @@ def test_refresh_now_action_renews_the_token(site, staff_page):
         "ConnectedCompany.objects.filter(client__slug='sandbox-retail-x')"
         ".update(expires_at=timezone.now() - timedelta(seconds=30))",
     )
-    row = company_row(page, "Retail X-Series", "northsidedeli")
+    row = company_row(page, "Retail X-Series", "Northside Deli")
     before = expires_in_text(row)
     assert before.startswith("expired"), before
 
@@ -325,7 +349,7 @@ def test_refresh_now_action_renews_the_token(site, staff_page):
     success = page.locator("ul.messagelist li.success")
     expect(success).to_contain_text("refreshed")
 
-    row = page.locator("#result_list tbody tr", has_text="northsidedeli").filter(has_text="Retail X-Series")
+    row = page.locator("#result_list tbody tr", has_text="Northside Deli").filter(has_text="Retail X-Series")
     after = expires_in_text(row)
     assert after != before
     assert after.startswith("in "), after

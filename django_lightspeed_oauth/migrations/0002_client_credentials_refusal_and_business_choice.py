@@ -4,6 +4,18 @@ import django_lightspeed_oauth.crypto
 from django.db import migrations, models
 
 
+def keep_retail_r_account_ids(apps, schema_editor):
+    """R-Series API calls are under the account: remember its id for the API base URL."""
+    ConnectedCompany = apps.get_model("lightspeed_oauth", "ConnectedCompany")
+    for company in ConnectedCompany.objects.filter(client__provider="retail-r").only(
+        "pk", "company_id", "details"
+    ):
+        details = dict(company.details or {})
+        if "accountID" not in details:
+            details["accountID"] = company.company_id
+            ConnectedCompany.objects.filter(pk=company.pk).update(details=details)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("lightspeed_oauth", "0001_initial"),
@@ -57,4 +69,5 @@ class Migration(migrations.Migration):
                 verbose_name="outcome",
             ),
         ),
+        migrations.RunPython(keep_retail_r_account_ids, migrations.RunPython.noop),
     ]
