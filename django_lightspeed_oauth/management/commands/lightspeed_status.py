@@ -11,6 +11,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from django_lightspeed_oauth.conf import app_settings
+from django_lightspeed_oauth.management.selection import check_clients
 from django_lightspeed_oauth.models import ApiClient, ConnectedCompany
 
 Status = ConnectedCompany.Status
@@ -25,7 +26,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
-            "--client", action="append", default=[], metavar="SLUG", help="Only this API client (repeatable)."
+            "--client",
+            action="append",
+            default=[],
+            metavar="SLUG",
+            help="Only this API client (repeatable; an unknown slug exits 2).",
         )
         parser.add_argument("--json", action="store_true", help="Print JSON.")
         parser.add_argument(
@@ -37,6 +42,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        check_clients(options["client"])
         now = timezone.now()
         within = options["within"] if options["within"] is not None else app_settings.REFRESH_WITHIN
         soon = now + timedelta(seconds=float(within))

@@ -11,6 +11,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from django_lightspeed_oauth.conf import app_settings
+from django_lightspeed_oauth.management.selection import check_clients, check_companies
 from django_lightspeed_oauth.refreshing import CompanyResult, Summary, refresh_due
 
 
@@ -72,6 +73,7 @@ class Command(BaseCommand):
         every = options["every"]
         if every is not None and every <= 0:
             raise CommandError("--every must be a positive number of seconds.")
+        check_companies(options["company"], check_clients(options["client"]))
         self.verbosity = options["verbosity"]
         if every is None:
             summary = self.run_once(options)
