@@ -42,19 +42,24 @@ def invitation_data(url: str) -> dict:
 # lightspeed_invite -----------------------------------------------------------------------------
 
 
+@pytest.fixture
+def site_url(settings):
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "SITE_URL": "https://partner.example"}
+
+
 @pytest.mark.django_db
-def test_invite_prints_a_link_that_opens_the_invitation_page(client):
+def test_invite_prints_an_absolute_link_that_opens_the_invitation_page(client, site_url):
     api_client = make_client(slug="bistro-app", name="Bistro App")
     url = run("lightspeed_invite", "bistro-app").strip()
-    assert url.startswith("/lightspeed/invite/")
-    response = client.get(url)
+    assert url.startswith("https://partner.example/lightspeed/invite/")
+    response = client.get(urlsplit(url).path)
     assert response.status_code == 200
     assert "Continue to Lightspeed" in response.content.decode()
     assert invitation_data(url)["c"] == api_client.pk
 
 
 @pytest.mark.django_db
-def test_invite_carries_the_reference_and_max_age():
+def test_invite_carries_the_reference_and_max_age(site_url):
     make_client(slug="bistro-app")
     url = run("lightspeed_invite", "bistro-app", "--reference", "crm-1234", "--max-age", "3600").strip()
     data = invitation_data(url)
@@ -63,22 +68,100 @@ def test_invite_carries_the_reference_and_max_age():
 
 
 @pytest.mark.django_db
-def test_invite_link_is_absolute_when_site_url_is_set(settings):
-    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "SITE_URL": "https://partner.example"}
+def test_invite_base_url_comes_before_site_url(site_url):
     make_client(slug="bistro-app")
-    url = run("lightspeed_invite", "bistro-app").strip()
-    assert url.startswith("https://partner.example/lightspeed/invite/")
+    url = run("lightspeed_invite", "bistro-app", "--base-url", "http://127.0.0.1:8001/").strip()
+    assert url.startswith("http://127.0.0.1:8001/lightspeed/invite/")
+    assert "partner.example" not in url
 
 
 @pytest.mark.django_db
-def test_invite_names_the_active_clients_for_an_unknown_slug():
+def test_invite_base_url_makes_the_link_absolute_without_site_url():
     make_client(slug="bistro-app")
-    with pytest.raises(CommandError, match=r"No API client with slug 'nope'.*bistro-app"):
+    url = run("lightspeed_invite", "bistro-app", "--base-url", "https://shop.example").strip()
+    assert url.startswith("https://shop.example/lightspeed/invite/")
+
+
+@pytest.mark.django_db
+def test_invite_without_a_site_url_says_how_to_give_one():
+    make_client(slug="bistro-app")
+    with pytest.raises(CommandError, match=r"SITE_URL.*--base-url") as error:
+        run("lightspeed_invite", "bistro-app")
+    assert error.value.returncode == 2
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "base_url", ["shop.example", "ftp://shop.example", "https://", "https://x.example/?a=1"]
+)
+def test_invite_refuses_a_base_url_that_is_not_one(base_url):
+    make_client(slug="bistro-app")
+    with pytest.raises(CommandError, match="must look like https://example.com") as error:
+        run("lightspeed_invite", "bistro-app", "--base-url", base_url)
+    assert error.value.returncode == 2
+
+
+@pytest.mark.django_db
+def test_invite_sends_the_link_by_email(site_url, mailoutbox, settings):
+    settings.DEFAULT_FROM_EMAIL = "connections@partner.example"
+    make_client(slug="bistro-app", name="Bistro App")
+    err = StringIO()
+    out = StringIO()
+    call_command(
+        "lightspeed_invite",
+        "bistro-app",
+        "--max-age",
+        "7200",
+        "--email",
+        " chef@bistro.example ",
+        stdout=out,
+        stderr=err,
+    )
+    url = out.getvalue().strip()
+    assert err.getvalue().strip() == "Sent the invitation to chef@bistro.example."
+    [mail] = mailoutbox
+    assert mail.to == ["chef@bistro.example"]
+    assert mail.from_email == "connections@partner.example"
+    assert mail.subject == "Connect your Lightspeed account to Bistro App"
+    assert url in mail.body.splitlines()
+    assert "Bistro App asks for your permission" in mail.body
+    assert "(UTC)" in mail.body  # the expiry names its time zone
+    assert "&amp;" not in mail.body and "&#x27;" not in mail.body  # plain text, not HTML-escaped
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("address", ["", "chef", "chef@", "a@b.example, c@d.example"])
+def test_invite_refuses_a_bad_address_and_sends_nothing(site_url, mailoutbox, address):
+    make_client(slug="bistro-app")
+    out = StringIO()
+    with pytest.raises(CommandError, match="--email must be an e-mail address") as error:
+        call_command("lightspeed_invite", "bistro-app", "--email", address, stdout=out, stderr=StringIO())
+    assert error.value.returncode == 2
+    assert mailoutbox == [] and out.getvalue() == ""
+
+
+@pytest.mark.django_db
+def test_invite_prints_the_link_even_when_the_mail_server_fails(site_url, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 5
+    make_client(slug="bistro-app")
+    out = StringIO()
+    with pytest.raises(CommandError, match="Could not send the e-mail to chef@bistro.example") as error:
+        call_command("lightspeed_invite", "bistro-app", "--email", "chef@bistro.example", stdout=out)
+    assert error.value.returncode == 1
+    assert out.getvalue().startswith("https://partner.example/lightspeed/invite/")
+
+
+@pytest.mark.django_db
+def test_invite_names_the_active_clients_for_an_unknown_slug(site_url):
+    make_client(slug="bistro-app")
+    with pytest.raises(CommandError, match=r"No API client with slug 'nope'.*bistro-app") as error:
         run("lightspeed_invite", "nope")
+    assert error.value.returncode == 2
 
 
 @pytest.mark.django_db
-def test_invite_refuses_an_inactive_client():
+def test_invite_refuses_an_inactive_client(site_url):
     make_client(slug="retired", is_active=False)
     with pytest.raises(CommandError, match="not active"):
         run("lightspeed_invite", "retired")
@@ -86,7 +169,7 @@ def test_invite_refuses_an_inactive_client():
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("max_age", ["0", "-60", "soon", "1.5"])
-def test_invite_rejects_a_bad_max_age(max_age):
+def test_invite_rejects_a_bad_max_age(max_age, site_url):
     make_client(slug="bistro-app")
     with pytest.raises(CommandError, match="--max-age"):
         run("lightspeed_invite", "bistro-app", f"--max-age={max_age}")
