@@ -8,11 +8,28 @@ import sys
 import threading
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from django_lightspeed_oauth.conf import app_settings
 from django_lightspeed_oauth.management.selection import check_clients, check_companies
-from django_lightspeed_oauth.refreshing import CompanyResult, Summary, refresh_due
+from django_lightspeed_oauth.management.progress import Progress
+from django_lightspeed_oauth.refreshing import CompanyResult, Summary, due_companies, refresh_due
+
+
+class _Unstyled:
+    """A command's stderr written to as is: no added newline, no error colour."""
+
+    def __init__(self, wrapper) -> None:
+        self.wrapper = wrapper
+
+    def write(self, text: str) -> None:
+        self.wrapper.write(text, style_func=str, ending="")
+
+    def flush(self) -> None:
+        self.wrapper.flush()
 
 
 class Command(BaseCommand):
@@ -101,19 +118,16 @@ class Command(BaseCommand):
             self.stdout.write("Stopped.")
 
     def run_once(self, options: dict, stop: threading.Event | None = None) -> Summary:
-        progress = self.verbosity == 1 and not options["json"] and self.stderr.isatty()
-        count = 0
+        quiet = options["json"] or options["dry_run"] or self.verbosity != 1
+        progress = None if quiet else self.progress(options)
 
         def on_result(result: CompanyResult) -> None:
-            nonlocal count
-            count += 1
             if options["json"]:
                 return
             if self.verbosity >= 2 or options["dry_run"]:
                 self.stdout.write(self.line(result))
-            elif progress:
-                self.stderr.write(f"\r{count} companies done", ending="")
-                self.stderr.flush()
+            elif progress is not None:
+                progress.update()
 
         summary = refresh_due(
             within=options["within"],
@@ -125,13 +139,52 @@ class Command(BaseCommand):
             on_result=on_result,
             stop=stop,
         )
-        if progress and count:
-            self.stderr.write("")
+        if progress is not None:
+            progress.finish()
         if options["json"]:
             self.stdout.write(json.dumps(summary.as_dict()))
-        elif self.verbosity:
+        elif not self.verbosity or (self.verbosity == 1 and not summary.considered and not summary.dry_run):
+            pass  # a quiet sweep: nothing was due
+        elif options["every"] is not None and not summary.dry_run:
+            self.write_sweep_line(summary)
+        else:
             self.write_summary(summary)
         return summary
+
+    def progress(self, options: dict) -> Progress:
+        """A progress report on stderr for about as many companies as are due now."""
+        total = due_companies(
+            within=options["within"],
+            clients=options["client"],
+            company_ids=options["company"],
+            force=options["force"],
+        ).count()
+        return Progress(_Unstyled(self.stderr), total, tty=self.stderr.isatty())
+
+    def write_sweep_line(self, summary: Summary) -> None:
+        """One timestamped line per sweep of ``--every`` (then the companies with problems)."""
+        stamp = timezone.localtime().strftime("%Y-%m-%d %H:%M:%S %Z") if settings.USE_TZ else ""
+        text = _(
+            "%(considered)d due: %(refreshed)d refreshed, %(fresh)d already fresh, %(busy)d busy, "
+            "%(failed)d failed, %(reauthorization)d need re-authorization"
+        ) % {
+            "considered": summary.considered,
+            "refreshed": summary.refreshed,
+            "fresh": summary.fresh,
+            "busy": summary.busy,
+            "failed": summary.failed,
+            "reauthorization": summary.reauthorization_required,
+        }
+        style = (
+            self.style.ERROR
+            if summary.reauthorization_required
+            else self.style.WARNING
+            if summary.failed
+            else self.style.SUCCESS
+        )
+        self.stdout.write(style(f"{stamp}  {text}".strip()))
+        for problem in summary.problems if self.verbosity < 2 else []:
+            self.stdout.write("  " + self.line(problem))
 
     @staticmethod
     def line(result: CompanyResult) -> str:
