@@ -92,8 +92,10 @@ screenshots: export UPDATE_SCREENSHOTS = 1
 screenshots: browser-test
 
 demo: export DATABASE_URL = $(DEMO_DATABASE_URL)
-demo: export LIGHTSPEED_OAUTH_SANDBOX_URL ?= $(DEMO_URL)/lightspeed-sandbox/
+demo: export DEMO_URL := $(DEMO_URL)
 demo: $(VENV)/.installed-demo
+	@# Commands run from another shell read it (testproject/settings.py): they reach this demo's sandbox.
+	@echo '$(DEMO_URL)' > testproject/.demo-url
 	$(MANAGE) migrate --noinput -v 0
 	$(MANAGE) lightspeed_demo --base-url $(DEMO_URL)
 	@$(MANAGE) refresh_lightspeed_tokens --every 30 -v 1 & refresher=$$!; \
@@ -101,7 +103,7 @@ demo: $(VENV)/.installed-demo
 	trap 'exit 130' INT; trap 'exit 143' TERM; trap 'exit 129' HUP; \
 	echo; \
 	echo "Demo: $(DEMO_URL)/  (admin: $(DEMO_URL)/admin/, login admin / admin; sandbox: $(DEMO_URL)/lightspeed-sandbox/)"; \
-	echo "Tokens are refreshed every 30 seconds beside the server. Ctrl-C stops both."; \
+	echo "The refresher beside the server looks every 30 seconds and renews a two-minute sandbox token once a minute of it is left. Ctrl-C stops both."; \
 	echo; \
 	$(MANAGE) runserver $(DEMO_HOST):$(DEMO_PORT)
 
@@ -109,5 +111,5 @@ benchmark: $(VENV)/.installed-test $(VENV)/.installed-benchmark
 	$(PY) benchmarks/refresh.py $(BENCHMARK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/static
+	rm -rf $(VENV) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/.demo-url testproject/static
 	find . -name __pycache__ -type d -not -path "./.git/*" -not -path "./.venv*" -prune -exec rm -rf {} +

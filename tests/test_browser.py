@@ -94,6 +94,7 @@ def site(tmp_path_factory) -> Iterator[LiveSite]:
         "DJANGO_SETTINGS_MODULE": "testproject.settings",
         "DATABASE_URL": f"sqlite:///{workdir / 'db.sqlite3'}",
         "DEBUG": "1",
+        "DEMO_URL": base_url,
         "LIGHTSPEED_OAUTH_SANDBOX_URL": f"{base_url}/lightspeed-sandbox/",
         "LIGHTSPEED_OAUTH_SANDBOX_TOKEN_LIFETIME": str(TOKEN_LIFETIME),
         "PYTHONUNBUFFERED": "1",

@@ -104,9 +104,28 @@ LOGGING = {
 
 # LIGHTSPEED_OAUTH ---------------------------------------------------------------------------------
 
+#: Where ``make demo`` records the URL it serves the site at (``DEMO_PORT``...).
+DEMO_URL_FILE = BASE_DIR / ".demo-url"
+
+
+def demo_url() -> str:
+    """Scheme and host of the demo site: ``DEMO_URL``, else what ``make demo`` last recorded.
+
+    Commands run from another shell while the demo runs (``manage.py lightspeed_invite``,
+    ``refresh_lightspeed_tokens``) then reach its sandbox and print its links, whatever its port.
+    """
+    url = env.str("DEMO_URL", default="")
+    if not url and DEMO_URL_FILE.is_file():
+        url = DEMO_URL_FILE.read_text(encoding="utf-8").strip()
+    return (url or "http://127.0.0.1:8000").rstrip("/")
+
+
+DEMO_URL = demo_url()
+
 #: Values the demo uses where the app's default would be less convenient on a laptop.
 DEMO_DEFAULTS: dict[str, Any] = {
-    "SANDBOX_URL": "http://127.0.0.1:8000/lightspeed-sandbox/",
+    "SANDBOX_URL": f"{DEMO_URL}/lightspeed-sandbox/",
+    "SITE_URL": DEMO_URL,
     # Short-lived sandbox tokens, so the demo shows refreshes happening within minutes; the
     # refresh margins shrink to match, or every token would always count as expiring.
     "SANDBOX_TOKEN_LIFETIME": 120,
