@@ -2,7 +2,7 @@
 
 What it does, in one run:
 
-1. starts the local token server (``python -m django_lightspeed_oauth.tokenserver``) in its own
+1. starts the local token server (``python -m django_lightspeed_oauth.testing.tokenserver``) in its own
    process, answering every token request after ``--latency-ms`` milliseconds, with single-use
    rotating refresh tokens (a double refresh would show up as an ``invalid_grant``);
 2. creates a fresh database (a temporary SQLite file by default; PostgreSQL and MySQL/MariaDB
@@ -238,7 +238,7 @@ def start_token_server(latency_ms: float) -> tuple[subprocess.Popen, str]:
         [
             sys.executable,
             "-m",
-            "django_lightspeed_oauth.tokenserver",
+            "django_lightspeed_oauth.testing.tokenserver",
             "--port",
             "0",
             "--latency-ms",

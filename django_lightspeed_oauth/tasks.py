@@ -1,6 +1,7 @@
 """A Celery task doing what ``refresh_lightspeed_tokens`` does, for sites that run Celery beat.
 
-Importing this module requires Celery (``pip install django-lightspeed-oauth[celery]``). Schedule
+Importing this module requires Celery (``pip install "django-lightspeed-oauth[celery]"``); without
+it, the import fails with an error that says so. Schedule
 it like any shared task, e.g. every 5 minutes::
 
     CELERY_BEAT_SCHEDULE = {
@@ -15,9 +16,10 @@ Running it on several workers at once is safe: each company's lock lets one of t
 
 from __future__ import annotations
 
-from celery import shared_task
-
+from ._optional import require
 from .refreshing import refresh_due
+
+shared_task = require("celery", "celery", what="The Celery task django_lightspeed_oauth.tasks").shared_task
 
 __all__ = ["refresh_lightspeed_tokens"]
 

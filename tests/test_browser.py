@@ -211,7 +211,7 @@ def expect(locator):
 
 def open_api_client(page, slug: str) -> None:
     """Open the admin change page of the demo API client ``slug`` from the API clients list."""
-    from django_lightspeed_oauth.management.commands.lightspeed_demo import DEMO_CLIENTS
+    from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
     from django_lightspeed_oauth.providers import get_provider
 
     provider = next(demo.provider for demo in DEMO_CLIENTS if demo.slug == slug)

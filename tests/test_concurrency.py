@@ -2,7 +2,7 @@
 
 Real OS processes (this file run as ``python -m tests.test_concurrency COMMAND ...``) refresh one
 company on the SAME database as the test, against a real local token server
-(:mod:`django_lightspeed_oauth.tokenserver`) whose refresh tokens are single-use: a token used twice
+(:mod:`django_lightspeed_oauth.testing.tokenserver`) whose refresh tokens are single-use: a token used twice
 revokes the whole family and answers ``invalid_grant``, so a double refresh cannot go unnoticed.
 
 The database is the one DATABASE_URL names: SQLite (a temporary FILE database, migrated once per
@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from django_lightspeed_oauth.tokenserver import TokenServer, fingerprint
+from django_lightspeed_oauth.testing import TokenServer, fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 3  # seconds; the killed-refresher test waits this long for the lease to end
@@ -294,7 +294,7 @@ def test_token_server_command_line():
         [
             sys.executable,
             "-m",
-            "django_lightspeed_oauth.tokenserver",
+            "django_lightspeed_oauth.testing.tokenserver",
             "--port",
             "0",
             "--latency-ms",

@@ -11,9 +11,9 @@ import pytest
 import requests
 from django.contrib.auth import get_user_model
 from django.core import signing
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError, call_command, get_commands
 
-from django_lightspeed_oauth.management.commands.lightspeed_demo import DEMO_CLIENTS
+from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
 from django_lightspeed_oauth.models import INVITATION_SALT, ApiClient, ConnectedCompany
 from django_lightspeed_oauth.sandbox.models import SandboxClient
 from django_lightspeed_oauth.testing import make_client
@@ -263,9 +263,14 @@ def test_demo_refuses_to_create_a_well_known_superuser_without_debug(settings):
 
 
 @pytest.mark.django_db
-def test_demo_needs_the_sandbox_app(debug, settings):
+def test_demo_is_a_command_of_the_sandbox_app_only(debug, settings):
+    """A site that installs the app without its sandbox has no ``lightspeed_demo`` command."""
+    assert get_commands()["lightspeed_demo"] == "django_lightspeed_oauth.sandbox"
+    assert get_commands()["refresh_lightspeed_tokens"] == "django_lightspeed_oauth"
     settings.INSTALLED_APPS = [app for app in settings.INSTALLED_APPS if not app.endswith(".sandbox")]
-    with pytest.raises(CommandError, match="django_lightspeed_oauth.sandbox"):
+    assert "lightspeed_demo" not in get_commands()
+    assert "refresh_lightspeed_tokens" in get_commands()
+    with pytest.raises(CommandError, match="Unknown command: 'lightspeed_demo'"):
         run("lightspeed_demo")
 
 

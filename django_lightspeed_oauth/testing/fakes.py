@@ -1,4 +1,4 @@
-"""Helpers for the tests of sites that use the app: factories and a fake token endpoint.
+"""Factories and a fake token endpoint for the tests of sites that use the app.
 
 Example (pytest, with the ``responses`` package)::
 
@@ -17,14 +17,15 @@ import itertools
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from django.utils import timezone
 
-from .models import ApiClient, ConnectedCompany
+from .._optional import require
+from ..models import ApiClient, ConnectedCompany
+from .families import InvalidGrant, TokenFamilies
 
 __all__ = ["make_client", "make_company", "FakeTokenEndpoint"]
 
@@ -67,12 +68,6 @@ def make_company(
     return ConnectedCompany.objects.create(client=client or make_client(), **values)
 
 
-@dataclass
-class _Family:
-    current: str = ""
-    revoked: bool = False
-
-
 class FakeTokenEndpoint:
     """A ``responses`` callback standing in for an API client's token endpoint.
 
@@ -93,7 +88,6 @@ class FakeTokenEndpoint:
         mock: Any = None,
     ) -> None:
         self.client = client
-        self.rotate = rotate
         self.expires_in = expires_in
         self.url = url or client.token_endpoint({"domain_prefix": "teststore"})
         self.failure: str | int | None = None
@@ -102,11 +96,20 @@ class FakeTokenEndpoint:
         self.refresh_count = 0
         self.last_access_token = ""
         self.last_refresh_token = ""
-        self._families: dict[str, _Family] = {}
+        self._families = TokenFamilies(prefix="fake", rotate=rotate)
         self._mock = mock
         self._own_mock = None
 
     # Switches -------------------------------------------------------------------------------
+
+    @property
+    def rotate(self) -> bool:
+        """Whether a refresh hands out a new refresh token (Lightspeed's do)."""
+        return self._families.rotate
+
+    @rotate.setter
+    def rotate(self, value: bool) -> None:
+        self._families.rotate = value
 
     def fail_with(self, failure: str | int | None) -> None:
         """``"invalid_grant"``, ``"invalid_client"``, ``"unauthorized_client"``, ``"timeout"``, ``"html"``, an HTTP status
@@ -116,8 +119,7 @@ class FakeTokenEndpoint:
     # responses plumbing --------------------------------------------------------------------
 
     def __enter__(self) -> FakeTokenEndpoint:
-        import responses
-
+        responses = require("responses", "testing", what="FakeTokenEndpoint")
         if self._mock is None:
             self._own_mock = responses.RequestsMock(assert_all_requests_are_fired=False)
             self._own_mock.start()
@@ -165,36 +167,25 @@ class FakeTokenEndpoint:
                 json.dumps({"error": failure, "error_description": "refused by the fake endpoint"}),
             )
         if params.get("grant_type") == "refresh_token":
-            return self._refresh(params.get("refresh_token", ""))
-        return self._grant(_Family())
-
-    def _refresh(self, token: str) -> tuple[int, dict[str, str], str]:
-        family = self._families.get(token)
-        if family is None:
-            family = _Family(current=token)
-            self._families[token] = family
-        if family.revoked or token != family.current:
-            family.revoked = True
-            return (
-                400,
-                {"Content-Type": "application/json"},
-                json.dumps({"error": "invalid_grant", "error_description": "refresh token already used"}),
-            )
-        self.refresh_count += 1
-        return self._grant(family)
-
-    def _grant(self, family: _Family) -> tuple[int, dict[str, str], str]:
-        access = f"fake-access-{secrets.token_urlsafe(12)}"
+            try:
+                family = self._families.refresh(params.get("refresh_token", ""))
+            except InvalidGrant as refused:
+                return (
+                    400,
+                    {"Content-Type": "application/json"},
+                    json.dumps({"error": "invalid_grant", "error_description": refused.description}),
+                )
+            self.refresh_count += 1
+        else:
+            family = self._families.start()
+        access, refresh = self._families.issue(family)
         payload: dict[str, Any] = {
             "access_token": access,
             "token_type": "bearer",
             "expires_in": self.expires_in,
             "scope": self.client.scopes,
         }
-        if self.rotate or not family.current:
-            refresh = f"fake-refresh-{secrets.token_urlsafe(12)}"
-            family.current = refresh
-            self._families[refresh] = family
+        if refresh is not None:
             payload["refresh_token"] = refresh
             self.last_refresh_token = refresh
         self.last_access_token = access

@@ -4,7 +4,8 @@ Unlike :class:`~django_lightspeed_oauth.testing.FakeTokenEndpoint` (which plugs 
 inside one process), this is a real HTTP server on 127.0.0.1, so several OS processes, threads or
 machines can refresh against it at once and it can count what really reached it.
 
-It behaves like Lightspeed's token endpoints where it matters for safety:
+It behaves like Lightspeed's token endpoints where it matters for safety (the token families of
+:mod:`django_lightspeed_oauth.testing.families`, shared with the fake):
 
 - every refresh rotates the refresh token; a refresh token is good for ONE refresh;
 - a refresh token used a second time revokes its whole family (every token descended from the same
@@ -41,7 +42,7 @@ HTTP interface (for other processes):
 
 Command line (prints ``http://127.0.0.1:PORT`` on its first line once it listens)::
 
-    python -m django_lightspeed_oauth.tokenserver --port 0 --latency-ms 50
+    python -m django_lightspeed_oauth.testing.tokenserver --port 0 --latency-ms 50
 
 Tokens are never written to logs: requests are logged (at DEBUG) by method and path only, and tokens
 appear only as fingerprints in ``/stats`` and ``/family``.
@@ -50,42 +51,22 @@ appear only as fingerprints in ``/stats`` and ``/family``.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import itertools
 import json
 import logging
-import secrets
 import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qsl, urlsplit
 
+from .families import Family, InvalidGrant, TokenFamilies, fingerprint
+
 __all__ = ["TokenServer", "fingerprint", "main"]
 
 logger = logging.getLogger(__name__)
-
-
-def fingerprint(secret: str) -> str:
-    """The same one-way label as :func:`django_lightspeed_oauth.crypto.fingerprint`."""
-    if not secret:
-        return ""
-    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
-
-
-@dataclass
-class _Family:
-    """The refresh tokens descended from one grant (or one seeded token)."""
-
-    id: int
-    current: str
-    refreshes: int = 0
-    revoked: bool = False
-    used: set[str] = field(default_factory=set)
 
 
 class _Server(ThreadingHTTPServer):
@@ -206,7 +187,7 @@ class TokenServer:
         self.port = port
         self.latency = latency
         self.expires_in = expires_in
-        self.accept_unknown = accept_unknown
+        self._accept_unknown = accept_unknown
         #: when set (429, 500, 503...), token requests get this status, a Retry-After of
         #: ``retry_after`` seconds, and use no token
         self.fail_status: int | None = None
@@ -214,7 +195,6 @@ class TokenServer:
         self._lock = threading.Lock()
         self._unhung = threading.Condition(self._lock)
         self._hang = False
-        self._ids = itertools.count(1)
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self.reset()
@@ -275,10 +255,20 @@ class TokenServer:
             if not self._hang:
                 self._unhung.notify_all()
 
+    @property
+    def accept_unknown(self) -> bool:
+        """Whether a refresh token never issued nor seeded starts a family (else: invalid_grant)."""
+        return self._families.accept_unknown
+
+    @accept_unknown.setter
+    def accept_unknown(self, value: bool) -> None:
+        with self._lock:
+            self._accept_unknown = self._families.accept_unknown = bool(value)
+
     def reset(self) -> None:
         """Forget every family and counter."""
         with self._lock:
-            self._families: dict[str, _Family] = {}  # every token ever issued -> its family
+            self._families = TokenFamilies(prefix="ts", accept_unknown=self._accept_unknown)
             self._codes: set[str] = set()
             self.refreshes = 0
             self.invalid_grants = 0
@@ -296,12 +286,11 @@ class TokenServer:
     def seed(self, refresh_token: str) -> None:
         """Start a family with ``refresh_token`` (a token this server did not issue)."""
         with self._lock:
-            if refresh_token not in self._families:
-                self._new_family(refresh_token)
+            self._families.seed(refresh_token)
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            families = {id(f): f for f in self._families.values()}.values()
+            families = self._families.families()
             return {
                 "refreshes": self.refreshes,
                 "invalid_grants": self.invalid_grants,
@@ -319,15 +308,15 @@ class TokenServer:
     def family(self, token_fingerprint: str) -> dict[str, Any] | None:
         """The family of the refresh token with this fingerprint (any generation), or None."""
         with self._lock:
-            for token, fam in self._families.items():
-                if fingerprint(token) == token_fingerprint:
-                    return {
-                        "id": fam.id,
-                        "current": fingerprint(fam.current),
-                        "refreshes": fam.refreshes,
-                        "revoked": fam.revoked,
-                    }
-        return None
+            fam = self._families.by_fingerprint(token_fingerprint)
+            if fam is None:
+                return None
+            return {
+                "id": fam.id,
+                "current": fingerprint(fam.current),
+                "refreshes": fam.refreshes,
+                "revoked": fam.revoked,
+            }
 
     def current_refresh_token(self, token: str) -> str | None:
         """The newest refresh token of ``token``'s family (in-process use only)."""
@@ -337,16 +326,8 @@ class TokenServer:
 
     # The token endpoint -------------------------------------------------------------------------
 
-    def _new_family(self, token: str) -> _Family:
-        fam = _Family(id=next(self._ids), current=token)
-        self._families[token] = fam
-        return fam
-
-    def _issue(self, fam: _Family) -> dict[str, Any]:
-        access = "ts-access-" + secrets.token_urlsafe(18)
-        refresh = "ts-refresh-" + secrets.token_urlsafe(18)
-        fam.current = refresh
-        self._families[refresh] = fam
+    def _issue(self, fam: Family) -> dict[str, Any]:
+        access, refresh = self._families.issue(fam)
         return {
             "access_token": access,
             "refresh_token": refresh,
@@ -404,29 +385,20 @@ class TokenServer:
                 return 400, {"error": "invalid_grant", "error_description": "unknown or used code"}
             self._codes.add(code)
             self.codes += 1
-            return 200, self._issue(self._new_family(""))
+            return 200, self._issue(self._families.start())
         return 400, {"error": "unsupported_grant_type"}
 
     def _refresh(self, token: str) -> tuple[int, dict[str, Any]]:
         # Called with the lock held.
         if not token:
             return 400, {"error": "invalid_request", "error_description": "no refresh_token"}
-        fam = self._families.get(token)
-        if fam is None:
-            if not self.accept_unknown:
-                self.invalid_grants += 1
-                return 400, {"error": "invalid_grant", "error_description": "unknown token"}
-            fam = self._new_family(token)
-        if fam.revoked or token != fam.current or token in fam.used:
-            fam.revoked = True
+        try:
+            fam = self._families.refresh(token)
+        except InvalidGrant as refused:
             self.invalid_grants += 1
-            logger.warning("Refresh token %s reused: family %s revoked", fingerprint(token), fam.id)
-            return 400, {
-                "error": "invalid_grant",
-                "error_description": "refresh token already used; grant revoked",
-            }
-        fam.used.add(token)
-        fam.refreshes += 1
+            if refused.reused:
+                logger.warning("Refresh token %s reused: family revoked", fingerprint(token))
+            return 400, {"error": "invalid_grant", "error_description": refused.description}
         self.refreshes += 1
         return 200, self._issue(fam)
 
@@ -434,7 +406,7 @@ class TokenServer:
 def main(argv: list[str] | None = None) -> int:
     """Run a token server until SIGTERM / SIGINT; print its URL on the first line of stdout."""
     parser = argparse.ArgumentParser(
-        prog="python -m django_lightspeed_oauth.tokenserver", description=__doc__.splitlines()[0]
+        prog="python -m django_lightspeed_oauth.testing.tokenserver", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (default)")

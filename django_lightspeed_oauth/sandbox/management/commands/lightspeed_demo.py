@@ -2,6 +2,8 @@
 
 Creates the demo superuser ``admin`` / ``admin`` and one sandbox API client per Lightspeed flavour,
 registered with the sandbox app under the same client id and secret. Development sites only.
+The command belongs to the sandbox app: it exists only where ``django_lightspeed_oauth.sandbox`` is
+installed.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from django.apps import apps
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.urls import NoReverseMatch, reverse
 
-from ...models import ApiClient
-from ...providers import get_provider
+from ....models import ApiClient
+from ....providers import get_provider
+from ...models import register_client
 
 __all__ = ["DEMO_CLIENTS", "DemoClient", "DemoResult", "set_up_demo"]
 
@@ -75,8 +77,6 @@ def set_up_demo(base_url: str = DEFAULT_BASE_URL) -> DemoResult:
 
     An existing client keeps its secret; its redirect URI follows ``base_url``.
     """
-    from ...sandbox.models import register_client
-
     base_url = _clean_base_url(base_url)
     redirect_uri = base_url + reverse("lightspeed_oauth:callback")
     with transaction.atomic():
@@ -130,11 +130,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, base_url: str, force: bool, **options: Any) -> None:
-        if not apps.is_installed("django_lightspeed_oauth.sandbox"):
-            raise CommandError(
-                "lightspeed_demo needs the sandbox: add 'django_lightspeed_oauth.sandbox' to "
-                "INSTALLED_APPS and include django_lightspeed_oauth.sandbox.urls."
-            )
         if not settings.DEBUG and not force:
             raise CommandError(
                 f"DEBUG is off: lightspeed_demo creates the superuser {DEMO_USERNAME}/{DEMO_PASSWORD}, "
