@@ -6,6 +6,8 @@
 #   make screenshots        the browser tests, saving the README's admin screenshots to docs/screenshots/
 #   make test-django42      the test suite on Django 4.2 LTS (its own virtualenv, .venv-django42)
 #   make migrations-check   fail when a model change has no migration
+#   make lint               ruff check and ruff format --check (the pinned ruff, in the virtualenv)
+#   make format             ruff format and the safe ruff fixes
 #   make benchmark          run benchmarks/refresh.py
 #   make clean              remove the virtualenv, caches, artifacts and the demo database
 #
@@ -44,7 +46,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test test-django42 demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test test-django42 lint format demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -69,6 +71,14 @@ test-django42:
 
 migrations-check: $(VENV)/.installed-test
 	$(BIN)/django-admin makemigrations --check --dry-run --settings tests.settings --pythonpath .
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.installed-lint
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \

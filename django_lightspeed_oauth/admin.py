@@ -36,8 +36,8 @@ from .providers import provider_choices, provider_classes
 
 __all__ = [
     "ApiClientAdmin",
-    "ConnectedCompanyAdmin",
     "AuthorizationRequestAdmin",
+    "ConnectedCompanyAdmin",
     "TokenEventAdmin",
     "humanize_expiry",
 ]
@@ -293,9 +293,10 @@ class ApiClientAdmin(admin.ModelAdmin):
             path(
                 "<path:object_id>/invitation/",
                 self.admin_site.admin_view(self.invitation_view),
-                name="%s_%s_invitation" % info,
+                name="{}_{}_invitation".format(*info),
             ),
-        ] + super().get_urls()
+            *super().get_urls(),
+        ]
 
     def change_view(
         self,

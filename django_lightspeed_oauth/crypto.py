@@ -13,7 +13,7 @@ from django.db import models
 from .conf import app_settings
 from .exceptions import ConfigurationError, DecryptionError
 
-__all__ = ["encrypt", "decrypt", "rotate", "fingerprint", "EncryptedTextField", "configured_keys"]
+__all__ = ["EncryptedTextField", "configured_keys", "decrypt", "encrypt", "fingerprint", "rotate"]
 
 
 def _derived_key(secret_key: str) -> bytes:

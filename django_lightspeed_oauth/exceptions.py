@@ -5,19 +5,19 @@ from __future__ import annotations
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
-    "LightspeedOAuthError",
+    "CompanyDisconnected",
     "ConfigurationError",
     "DecryptionError",
-    "ProviderError",
-    "TokenEndpointError",
-    "InvalidGrant",
-    "InvalidClient",
-    "TransientTokenError",
     "IdentityError",
+    "InvalidClient",
+    "InvalidGrant",
+    "LightspeedOAuthError",
+    "ProviderError",
     "ReauthorizationRequired",
-    "CompanyDisconnected",
-    "RefreshInProgress",
     "RefreshFailed",
+    "RefreshInProgress",
+    "TokenEndpointError",
+    "TransientTokenError",
 ]
 
 

@@ -29,7 +29,7 @@ from .providers import (
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["ApiClient", "ConnectedCompany", "AuthorizationRequest", "TokenEvent", "INVITATION_SALT"]
+__all__ = ["INVITATION_SALT", "ApiClient", "AuthorizationRequest", "ConnectedCompany", "TokenEvent"]
 
 INVITATION_SALT = "django_lightspeed_oauth.invitation"
 
@@ -119,15 +119,6 @@ class ApiClient(models.Model):
     def __repr__(self) -> str:
         return f"<ApiClient {self.slug!r} provider={self.provider!r} env={self.environment!r}>"
 
-    @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
-        instance._loaded_credentials = instance._credentials()
-        return instance
-
-    def _credentials(self) -> tuple:
-        return tuple(repr(self.__dict__.get(name)) for name in self.CREDENTIAL_FIELDS)
-
     def save(self, *args, **kwargs) -> None:
         """Saving a change to the client's credentials or endpoints clears a credentials refusal."""
         loaded = getattr(self, "_loaded_credentials", None)
@@ -139,6 +130,15 @@ class ApiClient(models.Model):
                 kwargs["update_fields"] = {*update_fields, "credentials_refused_at", "credentials_error"}
         super().save(*args, **kwargs)
         self._loaded_credentials = self._credentials()
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_credentials = instance._credentials()
+        return instance
+
+    def _credentials(self) -> tuple:
+        return tuple(repr(self.__dict__.get(name)) for name in self.CREDENTIAL_FIELDS)
 
     def clear_credentials_refusal(self) -> None:
         """Let refreshes use this client again (after fixing it at Lightspeed, say)."""
@@ -330,6 +330,9 @@ class ConnectedCompany(models.Model):
     def __str__(self) -> str:
         return self.name or self.company_id
 
+    def __repr__(self) -> str:
+        return f"<ConnectedCompany {self.company_id!r} client={self.client_id} status={self.status!r}>"
+
     def save(self, *args, **kwargs) -> None:
         """Saving an existing company leaves its token state alone unless ``update_fields``
         names those fields explicitly."""
@@ -340,9 +343,6 @@ class ConnectedCompany(models.Model):
                 if not f.primary_key and f.name not in self.TOKEN_STATE_FIELDS
             ]
         super().save(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<ConnectedCompany {self.company_id!r} client={self.client_id} status={self.status!r}>"
 
     # State ------------------------------------------------------------------------------------
 

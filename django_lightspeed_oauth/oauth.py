@@ -13,7 +13,8 @@ import os
 import re
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
@@ -31,7 +32,7 @@ from .exceptions import (
 )
 from .providers import Identity, Provider, TokenRequest, TokenSet
 
-__all__ = ["exchange_code", "refresh_tokens", "identify", "identify_all", "http_session", "USER_AGENT"]
+__all__ = ["USER_AGENT", "exchange_code", "http_session", "identify", "identify_all", "refresh_tokens"]
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,11 @@ import json
 import re
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from django.utils.module_loading import import_string
@@ -25,14 +26,14 @@ from .exceptions import ConfigurationError, IdentityError, ProviderError, Transi
 
 __all__ = [
     "ENVIRONMENTS",
+    "BusinessLocation",
+    "Identity",
     "Provider",
     "TokenRequest",
     "TokenSet",
-    "Identity",
-    "BusinessLocation",
     "get_provider",
-    "provider_classes",
     "provider_choices",
+    "provider_classes",
 ]
 
 ENVIRONMENTS = ("production", "trial", "sandbox")
@@ -416,7 +417,7 @@ class Provider:
         refresh_token = payload.get(self.refresh_token_key)
         if not isinstance(refresh_token, str) or not refresh_token:
             refresh_token = None
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         expires_at = None
         refresh_expires_at = None
         try:
@@ -425,7 +426,7 @@ class Provider:
                 expires_at = now + timedelta(seconds=expires_in)
             elif _seconds(payload.get("expires")) is not None:
                 # Retail X-Series also sends an absolute epoch time.
-                expires_at = datetime.fromtimestamp(_seconds(payload["expires"]), timezone.utc)
+                expires_at = datetime.fromtimestamp(_seconds(payload["expires"]), UTC)
             refresh_expires_in = _seconds(payload.get("refresh_expires_in"))
             if refresh_expires_in:
                 refresh_expires_at = now + timedelta(seconds=refresh_expires_in)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Iterable, Iterator
 
 from django.db import connections
 from django.db.models import Q, QuerySet
@@ -24,13 +24,13 @@ from .models import ConnectedCompany
 from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, RefreshResult, refresh
 
 __all__ = [
-    "Summary",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_REAUTHORIZATION",
     "CompanyResult",
+    "Summary",
     "due_companies",
     "refresh_due",
-    "EXIT_OK",
-    "EXIT_FAILED",
-    "EXIT_REAUTHORIZATION",
 ]
 
 logger = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ import logging
 from django.dispatch import Signal
 
 __all__ = [
-    "company_connected",
-    "token_refreshed",
-    "token_refresh_failed",
-    "reauthorization_required",
-    "company_disconnected",
     "client_credentials_refused",
+    "company_connected",
+    "company_disconnected",
+    "reauthorization_required",
     "send",
+    "token_refresh_failed",
+    "token_refreshed",
 ]
 
 logger = logging.getLogger(__name__)

@@ -17,9 +17,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -30,7 +31,6 @@ from django.utils import timezone
 from . import oauth, signals
 from .conf import app_settings
 from .crypto import fingerprint
-from .providers import URL_PLACEHOLDER_VALUE
 from .exceptions import (
     CompanyDisconnected,
     InvalidClient,
@@ -41,8 +41,9 @@ from .exceptions import (
     TokenEndpointError,
 )
 from .models import ApiClient, ConnectedCompany, TokenEvent
+from .providers import URL_PLACEHOLDER_VALUE
 
-__all__ = ["RefreshResult", "refresh", "get_access_token", "disconnect", "CompanySession"]
+__all__ = ["CompanySession", "RefreshResult", "disconnect", "get_access_token", "refresh"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
                 # released) since we read the row must stop us too.
                 query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=start))
             return query.update(
-                refresh_lock_id=lock_id, refresh_lock_until=start + timedelta(seconds=lock_timeout)
+                refresh_lock_id=lock_id,  # noqa: B023 (called at once, in this iteration)
+                refresh_lock_until=start + timedelta(seconds=lock_timeout),
             )
 
         taken = _retrying(

@@ -8,8 +8,7 @@ import logging
 import re
 import secrets
 import string
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,8 +17,8 @@ from django.core import signing
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
-from django.urls import reverse
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.decorators import method_decorator
@@ -34,7 +33,7 @@ from .exceptions import ConfigurationError, IdentityError, TokenEndpointError
 from .models import INVITATION_SALT, ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from .providers import URL_PLACEHOLDER_VALUE, Identity, TokenSet
 
-__all__ = ["ConnectView", "InviteView", "CallbackView", "ChooseBusinessView", "FlowError"]
+__all__ = ["CallbackView", "ChooseBusinessView", "ConnectView", "FlowError", "InviteView"]
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +221,7 @@ class InviteView(FlowViewMixin, View):
             raise FlowError(
                 "Invalid invitation", "This invitation link is not valid.", reason="bad_invitation"
             )
-        expires = datetime.fromtimestamp(int(data["e"]), tz=dt_timezone.utc)
+        expires = datetime.fromtimestamp(int(data["e"]), tz=UTC)
         if expires <= timezone.now():
             raise FlowError(
                 "Invitation expired",

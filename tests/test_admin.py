@@ -8,8 +8,8 @@ from html import unescape
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.contrib.messages import get_messages
 from django.contrib.messages import constants as levels
+from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -577,7 +577,7 @@ def test_refresh_now_reports_each_failure_without_stopping_the_others(admin_clie
         with FakeTokenEndpoint(working_client, mock=refusing._mock):
             response = run_action(admin_client, "refresh_now", [refused, gone, fine])
 
-    reported = dict((message.split(":")[0], (level, message)) for level, message in messages_of(response))
+    reported = {message.split(":")[0]: (level, message) for level, message in messages_of(response)}
     assert ConnectedCompany.objects.get(pk=refused.pk).status == Status.REAUTHORIZATION_REQUIRED
     level, message = reported["Refused"]
     assert level == levels.ERROR and "re-authorization" in message

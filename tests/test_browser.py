@@ -181,7 +181,7 @@ def new_page(browser, site, request):
                 try:
                     page.screenshot(path=str(ARTIFACTS / f"{name}-{n}-{m}.png"), full_page=True)
                     (ARTIFACTS / f"{name}-{n}-{m}.html").write_text(page.content())
-                except Exception as err:  # noqa: BLE001  (a closed page must not hide the real failure)
+                except Exception as err:
                     print(f"Could not save a screenshot of {page.url}: {err}")
     for context in contexts:
         context.close()
@@ -211,8 +211,8 @@ def expect(locator):
 
 def open_api_client(page, slug: str) -> None:
     """Open the admin change page of the demo API client ``slug`` from the API clients list."""
-    from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
     from django_lightspeed_oauth.providers import get_provider
+    from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
 
     provider = next(demo.provider for demo in DEMO_CLIENTS if demo.slug == slug)
     page.goto("/admin/lightspeed_oauth/apiclient/")

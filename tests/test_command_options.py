@@ -57,7 +57,14 @@ def test_a_company_is_found_by_company_id_or_primary_key_in_any_status():
     gone = make_company(client, expires_in=60, status=ConnectedCompany.Status.DISCONNECTED)
     out = StringIO()
     call_command(
-        "refresh_lightspeed_tokens", "--company", gone.company_id, "--company", str(gone.pk), "-v", "2", stdout=out
+        "refresh_lightspeed_tokens",
+        "--company",
+        gone.company_id,
+        "--company",
+        str(gone.pk),
+        "-v",
+        "2",
+        stdout=out,
     )
     assert re.search(r"Considered\s+0", out.getvalue())  # known, and not due
 

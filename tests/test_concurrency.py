@@ -462,7 +462,7 @@ def worker(argv: list[str]) -> dict[str, Any]:
     if command == "refresh":
         try:
             result = tokens.refresh(company)
-        except Exception as err:  # noqa: BLE001 - reported to the test
+        except Exception as err:
             return {"outcome": "exception", "error": f"{type(err).__name__}: {err}"}
         return {"outcome": result.outcome, "waited": result.waited, "token": company.access_token}
     if command == "command":
@@ -522,7 +522,7 @@ def _threads(pk: int, n: int) -> dict[str, Any]:
             with lock:
                 found["tokens"].append(token if index % 2 == 0 else company.access_token)
                 found["outcomes"][outcome] += 1
-        except Exception as err:  # noqa: BLE001 - reported to the test
+        except Exception as err:
             with lock:
                 found["errors"].append(f"{type(err).__name__}: {err}")
         finally:
@@ -556,7 +556,7 @@ def _get_many(pk: int, n: int, calls: int) -> dict[str, Any]:
                 token = company.get_access_token()
                 with lock:
                     found["tokens"].append(token)
-        except Exception as err:  # noqa: BLE001 - reported to the test
+        except Exception as err:
             with lock:
                 found["errors"].append(f"{type(err).__name__}: {err}")
         finally:

@@ -169,7 +169,7 @@ def test_reprs_and_strs_never_show_a_secret():
         grant=provider.refresh_grant(refresh_token=REFRESH, scopes=""),
     )
 
-    shown = " ".join(f"{repr(obj)} {str(obj)}" for obj in (client, company, auth_request, tokens, request))
+    shown = " ".join(f"{obj!r} {obj!s}" for obj in (client, company, auth_request, tokens, request))
 
     for secret in (SECRET, ACCESS, REFRESH, VERIFIER, "id-token-plain"):
         assert secret not in shown

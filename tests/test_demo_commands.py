@@ -13,8 +13,8 @@ from django.contrib.auth import get_user_model
 from django.core import signing
 from django.core.management import CommandError, call_command, get_commands
 
-from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
 from django_lightspeed_oauth.models import INVITATION_SALT, ApiClient, ConnectedCompany
+from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
 from django_lightspeed_oauth.sandbox.models import SandboxClient
 from django_lightspeed_oauth.testing import make_client
 
@@ -96,7 +96,7 @@ def test_invite_without_a_site_url_says_how_to_give_one():
 )
 def test_invite_refuses_a_base_url_that_is_not_one(base_url):
     make_client(slug="bistro-app")
-    with pytest.raises(CommandError, match="must look like https://example.com") as error:
+    with pytest.raises(CommandError, match=r"must look like https://example\.com") as error:
         run("lightspeed_invite", "bistro-app", "--base-url", base_url)
     assert error.value.returncode == 2
 
@@ -146,7 +146,7 @@ def test_invite_prints_the_link_even_when_the_mail_server_fails(site_url, settin
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 5
     make_client(slug="bistro-app")
     out = StringIO()
-    with pytest.raises(CommandError, match="Could not send the e-mail to chef@bistro.example") as error:
+    with pytest.raises(CommandError, match=r"Could not send the e-mail to chef@bistro\.example") as error:
         call_command("lightspeed_invite", "bistro-app", "--email", "chef@bistro.example", stdout=out)
     assert error.value.returncode == 1
     assert out.getvalue().startswith("https://partner.example/lightspeed/invite/")

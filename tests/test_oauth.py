@@ -14,7 +14,7 @@ from django_lightspeed_oauth.providers import get_provider
 
 
 class TokenHandler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.dumps(
             {"access_token": "NEW-ACCESS-abc", "refresh_token": "NEW-REFRESH-abc", "expires_in": 3600}
         ).encode()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import override_settings
@@ -26,7 +26,7 @@ from tests.settings import LIGHTSPEED_OAUTH
 
 from .lightspeed_documented import K_SERIES_BUSINESSES, X_SERIES_RETAILER, X_SERIES_TOKEN
 
-NOW = datetime(2030, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 SANDBOX = "http://testserver/lightspeed-sandbox"
 
 
@@ -298,12 +298,12 @@ def test_api_base_url_option_replaces_the_api_url():
     ],
 )
 def test_a_placeholder_value_cannot_change_the_host_or_path(prefix):
-    with pytest.raises(ConfigurationError, match="needs a valid {domain_prefix}"):
+    with pytest.raises(ConfigurationError, match=r"needs a valid \{domain_prefix\}"):
         get_provider("retail-x").endpoint("token", "production", context={"domain_prefix": prefix})
 
 
 def test_a_missing_placeholder_value_is_refused():
-    with pytest.raises(ConfigurationError, match="needs a valid {domain_prefix}"):
+    with pytest.raises(ConfigurationError, match=r"needs a valid \{domain_prefix\}"):
         get_provider("retail-x").endpoint("token", "production")
 
 
@@ -434,7 +434,7 @@ def test_expires_in_may_be_a_string():
 
 def test_retail_x_absolute_expires_epoch_is_used_without_expires_in():
     tokens = parse({"access_token": "A", "expires": 1_900_000_000, "domain_prefix": "shop1"}, key="retail-x")
-    assert tokens.expires_at == datetime.fromtimestamp(1_900_000_000, timezone.utc)
+    assert tokens.expires_at == datetime.fromtimestamp(1_900_000_000, UTC)
     assert tokens.extra["domain_prefix"] == "shop1"
 
 
@@ -661,7 +661,7 @@ def test_every_documented_token_answer_is_read(key, answer):
     from . import lightspeed_documented
 
     payload = getattr(lightspeed_documented, answer)
-    now = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 22, tzinfo=UTC)
     tokens = get_provider(key).parse_token_response(payload, now=now)
     assert (tokens.access_token, tokens.refresh_token) == (payload["access_token"], payload["refresh_token"])
     assert tokens.expires_at == now + timedelta(seconds=payload["expires_in"])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from io import StringIO
 import os
 import signal
 import threading
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.core.management import call_command

@@ -424,7 +424,7 @@ def test_a_failure_recorded_after_we_read_the_row_still_stops_our_attempt(monkey
 def test_api_session_never_sends_the_token_to_another_host(mocked):
     company = make_company(expires_in=3600)
     session = company.api_session()
-    with pytest.raises(ValueError, match="only to https://api.trial.lsk.lightspeed.app"):
+    with pytest.raises(ValueError, match=r"only to https://api\.trial\.lsk\.lightspeed\.app"):
         session.get("https://collector.example.net/f/data/businesses")
     with pytest.raises(ValueError):
         session.get("http://api.trial.lsk.lightspeed.app/f/data/businesses")  # not https

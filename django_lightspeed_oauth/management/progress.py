@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext

@@ -2,9 +2,10 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import django_lightspeed_oauth.crypto
 from django.conf import settings
 from django.db import migrations, models
+
+import django_lightspeed_oauth.crypto
 
 
 class Migration(migrations.Migration):

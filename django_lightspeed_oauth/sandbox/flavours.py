@@ -82,7 +82,9 @@ class Flavour:
 
 def _companies(*ids: str, domain_prefixes: tuple[str, ...] = ("", "", "")) -> tuple[DemoCompany, ...]:
     names = ("Harbour Bistro", "Corner Café", "Northside Deli")
-    return tuple(DemoCompany(id, name, prefix) for id, name, prefix in zip(ids, names, domain_prefixes))
+    return tuple(
+        DemoCompany(id, name, prefix) for id, name, prefix in zip(ids, names, domain_prefixes, strict=False)
+    )
 
 
 def _k_series_companies(*ids: str) -> tuple[DemoCompany, ...]:

@@ -18,8 +18,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .families import fingerprint
     from .fakes import FakeTokenEndpoint, make_client, make_company
+    from .families import fingerprint
     from .tokenserver import TokenServer
 
 __all__ = ["FakeTokenEndpoint", "TokenServer", "fingerprint", "make_client", "make_company"]

@@ -27,7 +27,7 @@ from .._optional import require
 from ..models import ApiClient, ConnectedCompany
 from .families import InvalidGrant, TokenFamilies
 
-__all__ = ["make_client", "make_company", "FakeTokenEndpoint"]
+__all__ = ["FakeTokenEndpoint", "make_client", "make_company"]
 
 _counter = itertools.count(1)
 
@@ -112,8 +112,8 @@ class FakeTokenEndpoint:
         self._families.rotate = value
 
     def fail_with(self, failure: str | int | None) -> None:
-        """``"invalid_grant"``, ``"invalid_client"``, ``"unauthorized_client"``, ``"timeout"``, ``"html"``, an HTTP status
-        (500, 503, 429...), or None to behave again."""
+        """``"invalid_grant"``, ``"invalid_client"``, ``"unauthorized_client"``, ``"timeout"``,
+        ``"html"``, an HTTP status (500, 503, 429...), or None to behave again."""
         self.failure = failure
 
     # responses plumbing --------------------------------------------------------------------

@@ -103,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
                 except ValueError:
                     loaded = {}
                 if isinstance(loaded, dict):
-                    params.update({k: v for k, v in loaded.items()})
+                    params.update(loaded)
             else:
                 params.update(parse_qsl(body))
         return params

@@ -1,4 +1,4 @@
-"""``manage.py lightspeed_invite SLUG``: print (and optionally e-mail) an invitation link for one API client."""
+"""``manage.py lightspeed_invite SLUG``: print (and maybe e-mail) an invitation link for an API client."""
 
 from __future__ import annotations
 
@@ -112,7 +112,9 @@ class Command(BaseCommand):
             try:
                 validate_email(email)
             except ValidationError:
-                raise usage_error(_("--email must be an e-mail address, not %(value)r.") % {"value": email})
+                raise usage_error(
+                    _("--email must be an e-mail address, not %(value)r.") % {"value": email}
+                ) from None
         url = client.invitation_url(reference=reference, max_age=seconds)
         site = (app_settings.SITE_URL or "").rstrip("/")
         if site and url.startswith(site + "/"):

@@ -105,7 +105,7 @@ class Command(BaseCommand):
         ]
         self.stdout.write(" ".join(f"{title:<{width}}" for _, title, width in columns).rstrip())
         for row in rows:
-            text = " ".join(f"{str(row[key]):<{width}}" for key, _, width in columns).rstrip()
+            text = " ".join(f"{row[key]!s:<{width}}" for key, _, width in columns).rstrip()
             flagged = row in attention
             self.stdout.write(self.style.ERROR(text) if flagged else text)
         for row in rows:

@@ -14,8 +14,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from django_lightspeed_oauth.conf import app_settings
-from django_lightspeed_oauth.management.selection import check_clients, check_companies
 from django_lightspeed_oauth.management.progress import Progress
+from django_lightspeed_oauth.management.selection import check_clients, check_companies
 from django_lightspeed_oauth.refreshing import CompanyResult, Summary, due_companies, refresh_due
 
 

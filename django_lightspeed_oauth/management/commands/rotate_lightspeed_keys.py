@@ -6,7 +6,8 @@ old one after it, deploy that to every process, run this command, then remove th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -18,7 +19,7 @@ from ... import crypto
 from ...exceptions import DecryptionError, LightspeedOAuthError
 from ...models import ApiClient, AuthorizationRequest, ConnectedCompany
 
-__all__ = ["rotate_keys", "Command"]
+__all__ = ["Command", "rotate_keys"]
 
 CHUNK_SIZE = 500
 #: How often a company whose tokens keep changing under us is read again before we give up on it.
@@ -112,7 +113,7 @@ class _Rotation:
                 return True
             # A refresh bumps token_version: never write back tokens it has replaced.
             if ConnectedCompany.objects.filter(pk=pk, token_version=version).update(
-                **dict(zip(names, plain))
+                **dict(zip(names, plain, strict=True))
             ):
                 return True
             row = (
