@@ -4,7 +4,10 @@
 #   make demo               the demo site at http://127.0.0.1:8000/ with the sandbox servers (admin / admin)
 #   make browser-test       drive headless Chromium through the admin and the authorization flow
 #   make screenshots        the browser tests, saving the README's admin screenshots to docs/screenshots/
-#   make test-django42      the test suite on Django 4.2 LTS (its own virtualenv, .venv-django42)
+#   make test-py313-django61   the suite on one supported combination, in its own virtualenv
+#                           (.venv-py313-django61); also py311-django52, py312-django52, py312-django60,
+#                           py312-django61, py313-django52, py313-django60
+#   make test-matrix        the suite on every supported combination (SQLite)
 #   make migrations-check   fail when a model change has no migration
 #   make lint               ruff check and ruff format --check (the pinned ruff, in the virtualenv)
 #   make format             ruff format and the safe ruff fixes
@@ -12,7 +15,7 @@
 #   make clean              remove the virtualenv, caches, artifacts and the demo database
 #
 # Each target creates the virtualenv $(VENV) when needed; an extra is installed again only when
-# setup.cfg or pyproject.toml change (stamp files in the virtualenv).
+# pyproject.toml changes (stamp files in the virtualenv).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -35,7 +38,7 @@ MANAGE := $(PY) testproject/manage.py
 
 CHROMIUM ?= /usr/bin/chromium
 
-# The database driver DATABASE_URL needs, as an extra of setup.cfg (none for SQLite).
+# The database driver DATABASE_URL needs, as an extra of pyproject.toml (none for SQLite).
 DB_SCHEME := $(firstword $(subst :, ,$(DATABASE_URL)))
 ifneq (,$(filter postgres postgresql pgsql postgis,$(DB_SCHEME)))
 DB_EXTRA := postgres
@@ -46,7 +49,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test test-django42 lint format demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test test-matrix lint format demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -55,8 +58,8 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# One stamp per extra of setup.cfg: $(VENV)/.installed-test, -demo, -browser, -postgres, -mysql...
-$(VENV)/.installed-%: setup.cfg pyproject.toml | $(VENV)/bin/python
+# One stamp per extra of pyproject.toml: $(VENV)/.installed-test, -demo, -browser, -postgres, -mysql...
+$(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[$*]"
 	@touch $@
 
@@ -65,9 +68,29 @@ test: $(VENV)/.installed-test $(DB_STAMP)
 	@echo "Database: $(if $(DATABASE_URL),$(DB_SCHEME) (from DATABASE_URL),SQLite) with Django $$($(PY) -c 'import django; print(django.get_version())')"
 	$(BIN)/pytest -m "not browser" $(PYTEST_ARGS)
 
-# Both supported LTS releases: the default venv gets the newest Django setup.cfg allows.
-test-django42:
-	$(MAKE) test VENV=.venv-django42 DJANGO_SPEC="Django>=4.2,<4.3"
+# The supported combinations (the classifiers in pyproject.toml say the same): Django 5.2 LTS on
+# Python 3.11, 3.12 and 3.13; Django 6.0 and 6.1 (which need Python 3.12 or later) on 3.12 and 3.13.
+# The interpreters come from pyenv unless PYTHON311 / PYTHON312 / PYTHON313 name them.
+PYENV_ROOT ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)
+python_for = $(or $(lastword $(sort $(wildcard $(PYENV_ROOT)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1)))
+PYTHON311 ?= $(call python_for,3.11)
+PYTHON312 ?= $(call python_for,3.12)
+PYTHON313 ?= $(call python_for,3.13)
+MATRIX := py311-django52 py312-django52 py312-django60 py312-django61 py313-django52 py313-django60 py313-django61
+DJANGO_SPEC_django52 := Django>=5.2,<5.3
+DJANGO_SPEC_django60 := Django>=6.0,<6.1
+DJANGO_SPEC_django61 := Django>=6.1,<6.2
+
+.PHONY: $(addprefix test-,$(MATRIX))
+test-matrix: $(addprefix test-,$(MATRIX))
+
+# test-py312-django60: py312 -> $(PYTHON312), django60 -> Django>=6.0,<6.1
+$(addprefix test-,$(MATRIX)): test-%:
+	@py="$(PYTHON$(subst py,,$(word 1,$(subst -, ,$*))))"; \
+	if [ -z "$$py" ] || [ ! -x "$$py" ]; then \
+		echo "test-$*: no Python $(subst py,,$(word 1,$(subst -, ,$*))) found (set PYTHON$(subst py,,$(word 1,$(subst -, ,$*)))=/path/to/python)" >&2; exit 1; \
+	fi; \
+	$(MAKE) test VENV=.venv-$* PYTHON="$$py" DJANGO_SPEC="$(DJANGO_SPEC_$(word 2,$(subst -, ,$*)))"
 
 migrations-check: $(VENV)/.installed-test
 	$(BIN)/django-admin makemigrations --check --dry-run --settings tests.settings --pythonpath .

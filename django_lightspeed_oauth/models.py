@@ -132,8 +132,9 @@ class ApiClient(models.Model):
         self._loaded_credentials = self._credentials()
 
     @classmethod
-    def from_db(cls, db, field_names, values):
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db, field_names, values, **kwargs):
+        # **kwargs: Django 6.1 passes fetch_mode (and warns about overrides that refuse it).
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._loaded_credentials = instance._credentials()
         return instance
 

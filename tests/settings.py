@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import dj_database_url
+import django
 
 SECRET_KEY = "tests-only-secret-key-not-for-production"
 DEBUG = False
@@ -73,3 +74,7 @@ LIGHTSPEED_OAUTH = {
     ],
     "SANDBOX_URL": "http://testserver/lightspeed-sandbox/",
 }
+
+# Django 6.1 deprecates the implicit default mailer (and the test run turns deprecations into errors).
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}

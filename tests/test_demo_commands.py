@@ -7,6 +7,7 @@ import time
 from io import StringIO
 from urllib.parse import urljoin, urlsplit
 
+import django
 import pytest
 import requests
 from django.contrib.auth import get_user_model
@@ -142,8 +143,16 @@ def test_invite_refuses_a_bad_address_and_sends_nothing(site_url, mailoutbox, ad
 
 @pytest.mark.django_db
 def test_invite_prints_the_link_even_when_the_mail_server_fails(site_url, settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 5
+    if django.VERSION >= (6, 1):  # EMAIL_* settings are deprecated for MAILERS
+        settings.MAILERS = {
+            "default": {
+                "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+                "OPTIONS": {"host": "127.0.0.1", "port": 9, "timeout": 5},
+            }
+        }
+    else:
+        settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+        settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 5
     make_client(slug="bistro-app")
     out = StringIO()
     with pytest.raises(CommandError, match=r"Could not send the e-mail to chef@bistro\.example") as error:
