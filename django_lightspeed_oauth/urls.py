@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .views import CallbackView, ChooseBusinessView, ConnectView, InviteView
+from .views import CallbackView, ChooseBusinessView, ConnectView, InviteView, ResultView
 
 app_name = "lightspeed_oauth"
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("invite/<str:token>/", InviteView.as_view(), name="invite"),
     path("callback/", CallbackView.as_view(), name="callback"),
     path("callback/choose/", ChooseBusinessView.as_view(), name="choose"),
+    path("callback/done/", ResultView.as_view(), name="result"),
 ]

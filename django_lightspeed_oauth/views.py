@@ -18,7 +18,7 @@ from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.decorators import method_decorator
@@ -33,12 +33,18 @@ from .exceptions import ConfigurationError, IdentityError, TokenEndpointError
 from .models import INVITATION_SALT, ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from .providers import URL_PLACEHOLDER_VALUE, Identity, TokenSet
 
-__all__ = ["CallbackView", "ChooseBusinessView", "ConnectView", "FlowError", "InviteView"]
+__all__ = ["CallbackView", "ChooseBusinessView", "ConnectView", "FlowError", "InviteView", "ResultView"]
 
 logger = logging.getLogger(__name__)
 
 SESSION_BINDING_KEY = "lightspeed_oauth_binding"
 SESSION_CHOICE_KEY = "lightspeed_oauth_choice"
+# How the last flow of this browser ended, shown by ResultView (so its page survives a reload).
+SESSION_RESULT_KEY = "lightspeed_oauth_result"
+# The invitation page a merchant's flow started from: "Try again" leads back to it.
+SESSION_INVITATION_KEY = "lightspeed_oauth_invitation"
+# Failures after which starting the same flow again cannot help.
+NOT_RETRYABLE = {"misconfigured"}
 STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
 PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
@@ -257,7 +263,9 @@ class InviteView(FlowViewMixin, View):
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
             client, reference, _ = self.load(token)
-            return self.start_flow(request, client, reference=reference, via_invitation=True)
+            response = self.start_flow(request, client, reference=reference, via_invitation=True)
+            request.session[SESSION_INVITATION_KEY] = request.path
+            return response
         except FlowError as err:
             return self.flow_failed(request, err)
 
@@ -601,15 +609,26 @@ class CallbackView(FlowViewMixin, View):
             return HttpResponseRedirect(next_url)
         if app_settings.SUCCESS_URL:
             return HttpResponseRedirect(resolve_url(app_settings.SUCCESS_URL))
-        return TemplateResponse(
-            request, self.success_template_name, {"company": company, "client": auth_request.client}
-        )
+        # The success page at a clean address: no code or state in the address bar, and a reload
+        # shows it again instead of "Link already used".
+        request.session[SESSION_RESULT_KEY] = {"request": auth_request.pk}
+        return HttpResponseRedirect(reverse("lightspeed_oauth:result"))
 
     def flow_failed(self, request, error, auth_request=None):
-        if app_settings.FAILURE_URL and auth_request is not None and auth_request.used_at is not None:
-            url = resolve_url(app_settings.FAILURE_URL)
-            separator = "&" if "?" in url else "?"
-            return HttpResponseRedirect(f"{url}{separator}{urlencode({'reason': error.reason})}")
+        if auth_request is not None and auth_request.used_at is not None:
+            if app_settings.FAILURE_URL:
+                url = resolve_url(app_settings.FAILURE_URL)
+                separator = "&" if "?" in url else "?"
+                return HttpResponseRedirect(f"{url}{separator}{urlencode({'reason': error.reason})}")
+            # The state is spent: show the outcome at a clean address, which survives a reload.
+            request.session[SESSION_RESULT_KEY] = {
+                "request": auth_request.pk,
+                "title": str(error.title),
+                "message": str(error.message),
+                "reason": error.reason,
+                "status": error.status,
+            }
+            return HttpResponseRedirect(reverse("lightspeed_oauth:result"))
         return super().flow_failed(request, error, auth_request)
 
 
@@ -726,3 +745,83 @@ class ChooseBusinessView(CallbackView):
             {"client": auth_request.client, "companies": companies, "error": error},
             status=status,
         )
+
+
+@method_decorator(never_cache, name="dispatch")
+class ResultView(FlowViewMixin, View):
+    """How this browser's last flow ended, at a clean address: the callback redirects here.
+
+    Connected: the success page, with a link to the company in the admin for staff who may see it.
+    Cancelled or failed: the error page with the same status as before, and "Try again" where the
+    flow can be started again (the invitation page, or the connect link for staff).
+    """
+
+    success_template_name = "lightspeed_oauth/connected.html"
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        result = request.session.get(SESSION_RESULT_KEY)
+        auth_request = None
+        if isinstance(result, dict) and isinstance(result.get("request"), int):
+            auth_request = (
+                AuthorizationRequest.objects.select_related("client", "company")
+                .filter(pk=result["request"])
+                .first()
+            )
+        if auth_request is None:
+            return self.flow_failed(
+                request,
+                FlowError(
+                    "Nothing to show",
+                    "This page shows how a connection made in this browser ended, and there is none. "
+                    "Start again from the site.",
+                    status=404,
+                    reason="no_result",
+                ),
+            )
+        if "reason" in result:
+            error = FlowError(result["title"], result["message"], int(result["status"]), result["reason"])
+            response = self.flow_failed(request, error, auth_request)
+            if error.reason not in NOT_RETRYABLE:
+                response.context_data["retry_url"] = self.retry_url(request, auth_request)
+            return response
+        company = auth_request.company
+        if company is None:
+            return self.flow_failed(
+                request,
+                FlowError(
+                    "Nothing to show",
+                    "The company connected in this browser no longer exists.",
+                    status=404,
+                    reason="no_result",
+                ),
+            )
+        return TemplateResponse(
+            request,
+            self.success_template_name,
+            {
+                "company": company,
+                "client": auth_request.client,
+                "admin_url": self.admin_url(request, company),
+            },
+        )
+
+    def retry_url(self, request: HttpRequest, auth_request: AuthorizationRequest) -> str:
+        """Where the same flow starts again, or "" when this browser cannot start it."""
+        if auth_request.via_invitation:
+            return request.session.get(SESSION_INVITATION_KEY) or ""
+        if not auth_request.client.is_active:
+            return ""
+        url = reverse("lightspeed_oauth:connect", kwargs={"slug": auth_request.client.slug})
+        params = {
+            k: v for k, v in (("reference", auth_request.reference), ("next", auth_request.next_url)) if v
+        }
+        return f"{url}?{urlencode(params)}" if params else url
+
+    def admin_url(self, request: HttpRequest, company: ConnectedCompany) -> str:
+        user = getattr(request, "user", None)
+        if not (user and user.is_staff and user.has_perm("lightspeed_oauth.view_connectedcompany")):
+            return ""
+        try:
+            return reverse("admin:lightspeed_oauth_connectedcompany_change", args=[company.pk])
+        except NoReverseMatch:
+            return ""

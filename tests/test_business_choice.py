@@ -26,16 +26,16 @@ TWO_BUSINESSES = k_series_businesses(
 )
 
 
-def callback(browser, api_client, mocked, businesses=TWO_BUSINESSES):
+def callback(browser, api_client, mocked, businesses=TWO_BUSINESSES, follow=False):
     location = browser.get(f"/lightspeed/connect/{api_client.slug}/")["Location"]
     state = dict(parse_qsl(urlsplit(location).query))["state"]
     mocked.add(responses.POST, TOKEN_URL, json=K_SERIES_V1_TOKEN)
     mocked.add(responses.GET, BUSINESSES_URL, json=businesses)
-    return browser.get("/lightspeed/callback/", {"code": "c", "state": state})
+    return browser.get("/lightspeed/callback/", {"code": "c", "state": state}, follow=follow)
 
 
 def test_one_business_connects_without_a_question(staff_client, mocked, api_client):
-    response = callback(staff_client, api_client, mocked, K_SERIES_BUSINESSES)
+    response = callback(staff_client, api_client, mocked, K_SERIES_BUSINESSES, follow=True)
 
     assert response.status_code == 200
     company = ConnectedCompany.objects.get()
@@ -68,7 +68,7 @@ def test_a_user_with_two_businesses_chooses_one_and_only_that_one_is_connected(
         secret in raw_column(AuthorizationRequest, pending.pk, "pending_tokens") for secret in secrets
     )
 
-    chosen = staff_client.post("/lightspeed/callback/choose/", {"company": "5678"})
+    chosen = staff_client.post("/lightspeed/callback/choose/", {"company": "5678"}, follow=True)
 
     assert chosen.status_code == 200
     assert b"Connected" in chosen.content
@@ -82,7 +82,9 @@ def test_a_user_with_two_businesses_chooses_one_and_only_that_one_is_connected(
 
 def test_a_choice_is_used_once(staff_client, mocked, api_client):
     callback(staff_client, api_client, mocked)
-    assert staff_client.post("/lightspeed/callback/choose/", {"company": "1234"}).status_code == 200
+    assert (
+        staff_client.post("/lightspeed/callback/choose/", {"company": "1234"}, follow=True).status_code == 200
+    )
 
     again = staff_client.post("/lightspeed/callback/choose/", {"company": "5678"})
 
@@ -99,7 +101,9 @@ def test_a_business_that_was_not_offered_is_refused_and_the_choice_stays_open(
 
     assert response.status_code == 400
     assert not ConnectedCompany.objects.exists()
-    assert staff_client.post("/lightspeed/callback/choose/", {"company": "1234"}).status_code == 200
+    assert (
+        staff_client.post("/lightspeed/callback/choose/", {"company": "1234"}, follow=True).status_code == 200
+    )
 
 
 def test_another_browser_cannot_choose(staff_client, mocked, api_client, staff):

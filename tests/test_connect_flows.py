@@ -190,7 +190,7 @@ def test_connect_sends_exactly_what_the_provider_expects(
     token_answer = TOKEN_ANSWERS[provider]
     mocked.add(responses.POST, token_url, json=token_answer)
     mocked.add(responses.GET, identity_url, json=identity)
-    response = staff_client.get("/lightspeed/callback/", {"code": "the-code", "state": state})
+    response = staff_client.get("/lightspeed/callback/", {"code": "the-code", "state": state}, follow=True)
 
     assert response.status_code == 200
     assert b"Connected" in response.content
@@ -250,7 +250,9 @@ def x_series_client(scopes="retailer:read products:read"):
 def x_series_callback(staff_client, client, prefix="mystore"):
     query = dict(parse_qsl(start(staff_client, client).query))
     return staff_client.get(
-        "/lightspeed/callback/", {"code": "c0de", "state": query["state"], "domain_prefix": prefix}
+        "/lightspeed/callback/",
+        {"code": "c0de", "state": query["state"], "domain_prefix": prefix},
+        follow=True,
     )
 
 
@@ -272,7 +274,9 @@ def test_retail_x_connects_the_retailer_named_by_its_documented_answers(staff_cl
     )
 
     response = staff_client.get(
-        "/lightspeed/callback/", {"code": "c0de", "state": query["state"], "domain_prefix": "mystore"}
+        "/lightspeed/callback/",
+        {"code": "c0de", "state": query["state"], "domain_prefix": "mystore"},
+        follow=True,
     )
 
     assert response.status_code == 200
@@ -383,7 +387,7 @@ def test_vendors_reads_the_company_from_the_id_token_without_a_userinfo_call(sta
         "https://accounts.lightspeed.app/oauth/token",
         json={**VENDORS_TOKEN, "id_token": id_token},
     )
-    response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})
+    response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}, follow=True)
     assert response.status_code == 200
     assert len(mocked.calls) == 1
     company = ConnectedCompany.objects.get()
@@ -426,7 +430,7 @@ def test_custom_provider_follows_its_options(staff_client, mocked):
         responses.GET, "https://api.example.com/me", json={"company": {"uid": "u-9", "title": "Example"}}
     )
 
-    response = staff_client.get("/lightspeed/callback/", {"code": "k", "state": query["state"]})
+    response = staff_client.get("/lightspeed/callback/", {"code": "k", "state": query["state"]}, follow=True)
 
     assert response.status_code == 200
     sent = mocked.calls[0].request
@@ -455,7 +459,10 @@ def test_connecting_the_same_company_again_updates_its_row(staff_client, mocked,
             "https://api.trial.lsk.lightspeed.app/oauth/token",
             json={**TOKEN_ANSWER, "access_token": f"AT-{n}", "refresh_token": f"RT-{n}"},
         )
-        assert staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}).status_code == 200
+        assert (
+            staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}, follow=True).status_code
+            == 200
+        )
     company = ConnectedCompany.objects.get()
     assert company.access_token == "AT-2" and company.refresh_token == "RT-2"
     assert company.token_version == 1

@@ -68,7 +68,7 @@ def test_a_merchant_without_a_login_connects_through_an_invitation(client, api_c
         "https://api.trial.lsk.lightspeed.app/f/data/businesses",
         json=k_series_businesses((9, "Shop", [])),
     )
-    done = client.get("/lightspeed/callback/", {"code": "c0de", "state": query["state"]})
+    done = client.get("/lightspeed/callback/", {"code": "c0de", "state": query["state"]}, follow=True)
     assert done.status_code == 200
     company = ConnectedCompany.objects.get()
     assert company.reference == "shop-42" and company.connected_by is None
