@@ -9,6 +9,9 @@
 #                           py312-django61, py313-django52, py313-django60
 #   make test-matrix        the suite on every supported combination (SQLite)
 #   make migrations-check   fail when a model change has no migration
+#   make dist               build the sdist and the wheel into dist/ (no warnings allowed), twine check them,
+#                           and check the wheel holds exactly the package
+#   make dist-test          install the wheel in a fresh virtualenv and run the sdist's tests against it
 #   make lint               ruff check and ruff format --check (the pinned ruff, in the virtualenv)
 #   make format             ruff format and the safe ruff fixes
 #   make benchmark          run benchmarks/refresh.py
@@ -49,7 +52,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test test-matrix lint format demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test test-matrix dist dist-test lint format demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -94,6 +97,38 @@ $(addprefix test-,$(MATRIX)): test-%:
 
 migrations-check: $(VENV)/.installed-test
 	$(BIN)/django-admin makemigrations --check --dry-run --settings tests.settings --pythonpath .
+
+# The build sees only the files git knows (tracked, or new and not ignored), copied to a scratch
+# directory: no stray cache or database gets into the sdist. Any warning of the build fails it.
+dist: $(VENV)/.installed-build
+	rm -rf dist build django_lightspeed_oauth.egg-info
+	@src=$$(mktemp -d); trap 'rm -rf "$$src" "$$src.log"' EXIT; \
+	git ls-files -z --cached --others --exclude-standard \
+		| while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
+		| tar --null -T - -cf - | tar -xf - -C "$$src"; \
+	if ! (cd "$$src" && env -u PYTHONDONTWRITEBYTECODE $(PY) -m build --outdir "$(CURDIR)/dist" .) >"$$src.log" 2>&1; then \
+		cat "$$src.log"; exit 1; \
+	fi; \
+	if grep -i "warning" "$$src.log"; then echo "dist: the build printed the warnings above" >&2; exit 1; fi; \
+	ls dist
+	$(BIN)/twine check --strict dist/*
+	$(PY) .ci/check_wheel.py dist/*.whl
+
+# The wheel in a fresh virtualenv (newest Python), the tests from the unpacked sdist, whose own copy
+# of the package is removed so that every import comes from the installed wheel.
+DIST_PYTHON ?= $(or $(PYTHON313),$(PYTHON))
+DIST_VENV ?= .venv-dist
+DIST_TEST_DIR ?= .dist-test
+dist-test: dist
+	rm -rf $(DIST_VENV) $(DIST_TEST_DIR)
+	$(DIST_PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install --quiet "$$(ls dist/*.whl)[test]"
+	mkdir $(DIST_TEST_DIR)
+	tar -xzf dist/*.tar.gz -C $(DIST_TEST_DIR) --strip-components=1
+	rm -r $(DIST_TEST_DIR)/django_lightspeed_oauth
+	cd $(DIST_TEST_DIR) && $(abspath $(DIST_VENV))/bin/python -c \
+		'import django, django_lightspeed_oauth as p; print("Testing", p.__file__, "with Django", django.get_version()); assert "site-packages" in p.__file__'
+	cd $(DIST_TEST_DIR) && $(abspath $(DIST_VENV))/bin/pytest -m "not browser" -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
@@ -144,5 +179,5 @@ benchmark: $(VENV)/.installed-test $(VENV)/.installed-benchmark
 	$(PY) benchmarks/refresh.py $(BENCHMARK_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/.demo-url testproject/static
+	rm -rf $(VENV) $(DIST_VENV) $(DIST_TEST_DIR) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/.demo-url testproject/static
 	find . -name __pycache__ -type d -not -path "./.git/*" -not -path "./.venv*" -prune -exec rm -rf {} +
