@@ -17,7 +17,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, Q, QuerySet
 from django.forms import BaseInlineFormSet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -30,7 +30,8 @@ from django.utils.translation import ngettext
 from . import tokens
 from .conf import app_settings
 from .exceptions import LightspeedOAuthError
-from .forms import ApiClientAdminForm, InvitationForm
+from .forms import ApiClientAdminForm, CompanyInvitationForm, InvitationForm
+from .mail import company_invitation_url, invitation_address, send_invitation
 from .models import ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from .providers import provider_choices, provider_classes
 
@@ -228,7 +229,7 @@ class ApiClientAdmin(admin.ModelAdmin):
         # Every company but the disconnected ones (no single list filter shows that, so no link).
         return obj.connected_count
 
-    @admin.display(description=_("active"), ordering="active_count")
+    @admin.display(description=_("active companies"), ordering="active_count")
     def active_count(self, obj: ApiClient) -> str:
         return self._companies_link(obj, obj.active_count, Status.ACTIVE)
 
@@ -273,9 +274,13 @@ class ApiClientAdmin(admin.ModelAdmin):
             )
         return format_html(
             '<input type="text" id="redirect-uri-to-register" class="vTextField" readonly '
-            'value="{}" onfocus="this.select()"><div class="help">{}</div>'
+            'value="{}" onfocus="this.select()"> '
+            '<button type="button" class="button" id="copy-redirect-uri" '
+            'data-copy="redirect-uri-to-register">'
+            '{}</button><div class="help">{}</div>'
             '<div class="help">{}</div>',
             url,
+            _("Copy"),
             _("This site's callback URL: register it with Lightspeed for this client."),
             hint,
         )
@@ -466,6 +471,146 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
         # Companies are created by the authorization flow only.
         return False
 
+    # A company's own page: Refresh now, Disconnect, Send a new invitation ------------------------
+
+    def get_urls(self) -> list:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path(
+                "<path:object_id>/refresh/",
+                self.admin_site.admin_view(self.refresh_view),
+                name="{}_{}_refresh".format(*info),
+            ),
+            path(
+                "<path:object_id>/disconnect/",
+                self.admin_site.admin_view(self.disconnect_view),
+                name="{}_{}_disconnect".format(*info),
+            ),
+            path(
+                "<path:object_id>/invitation/",
+                self.admin_site.admin_view(self.invitation_view),
+                name="{}_{}_invitation".format(*info),
+            ),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        company = self.get_object(request, object_id)
+        extra_context = {
+            **(extra_context or {}),
+            "can_act": company is not None and self.has_change_permission(request, company),
+            "can_invite": company is not None and self._can_invite(request, company),
+        }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _can_invite(self, request: HttpRequest, company: ConnectedCompany) -> bool:
+        return (
+            company.status in (Status.REAUTHORIZATION_REQUIRED, Status.DISCONNECTED)
+            and self.has_change_permission(request, company)
+            and _can_connect(request)
+        )
+
+    def _company_or_404(self, request: HttpRequest, object_id: str) -> ConnectedCompany:
+        company = self.get_object(request, object_id)
+        if company is None:
+            raise Http404(_("No such connected company."))
+        return company
+
+    def _back(self, company: ConnectedCompany) -> HttpResponseRedirect:
+        info = self.opts.app_label, self.opts.model_name
+        return HttpResponseRedirect(reverse("admin:{}_{}_change".format(*info), args=[company.pk]))
+
+    def refresh_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """POST: refresh this company now (as the list's action), then back to its page."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        company = self._company_or_404(request, object_id)
+        if not self.has_change_permission(request, company):
+            raise PermissionDenied
+        self.refresh_now(request, ConnectedCompany.objects.filter(pk=company.pk))
+        return self._back(company)
+
+    def disconnect_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """Ask, then disconnect this company (as the list's action), then back to its page."""
+        company = self._company_or_404(request, object_id)
+        if not self.has_change_permission(request, company):
+            raise PermissionDenied
+        response = self.disconnect(request, ConnectedCompany.objects.filter(pk=company.pk))
+        return response if response is not None else self._back(company)
+
+    def invitation_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A new invitation link for a company that must connect again: shown, and e-mailed on request."""
+        company = self._company_or_404(request, object_id)
+        if not self._can_invite(request, company):
+            raise PermissionDenied
+        client = company.client
+        invitation_url = expires_at = None
+        if request.method == "POST":
+            form = CompanyInvitationForm(request.POST)
+            if form.is_valid():
+                if not client.is_active:
+                    form.add_error(
+                        None,
+                        _("This API client is not active: activate it first, or the link will not work."),
+                    )
+                else:
+                    invitation_url = company_invitation_url(
+                        company, max_age=form.max_age, base_url=request.build_absolute_uri("/")
+                    )
+                    expires_at = timezone.now() + timedelta(seconds=form.max_age)
+                    address = form.cleaned_data["email"]
+                    if address:
+                        try:
+                            send_invitation(
+                                client,
+                                invitation_url,
+                                address,
+                                max_age=form.max_age,
+                                company_name=company.name or company.company_id,
+                            )
+                        except Exception as err:  # the mail backend's errors, whatever they are
+                            self.message_user(
+                                request,
+                                _(
+                                    "The e-mail to %(address)s could not be sent (%(error)s); "
+                                    "copy the link instead."
+                                )
+                                % {"address": address, "error": err},
+                                messages.ERROR,
+                            )
+                        else:
+                            self.message_user(
+                                request,
+                                _(
+                                    "%(company)s (%(client)s): a new invitation link was e-mailed "
+                                    "to %(address)s."
+                                )
+                                % {"company": company, "client": client, "address": address},
+                                messages.SUCCESS,
+                            )
+        else:
+            form = CompanyInvitationForm(initial={"email": invitation_address(company)})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("New invitation for %(company)s") % {"company": company},
+            "subtitle": None,
+            "opts": self.opts,
+            "original": company,
+            "client": client,
+            "form": form,
+            "invitation_url": invitation_url,
+            "expires_at": expires_at,
+            "has_view_permission": self.has_view_permission(request, company),
+            "has_change_permission": self.has_change_permission(request, company),
+        }
+        return TemplateResponse(request, "admin/lightspeed_oauth/connectedcompany/invitation.html", context)
+
     # Columns ------------------------------------------------------------------------------
 
     @admin.display(description=_("status"), ordering="status")
@@ -511,7 +656,8 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
             except LightspeedOAuthError as err:
                 self.message_user(
                     request,
-                    _("%(company)s: not refreshed: %(reason)s") % {"company": company, "reason": err.message},
+                    _("%(company)s (%(client)s): not refreshed: %(reason)s")
+                    % {"company": company, "client": company.client, "reason": err.message},
                     messages.ERROR,
                 )
                 continue
@@ -521,26 +667,33 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
         company = result.company
         values = {
             "company": company,
+            "client": company.client,
             "expiry": humanize_expiry(company.expires_at) or "-",
             "reason": company.last_error or _("unknown error"),
         }
         if result.outcome == tokens.REFRESHED:
             self.message_user(
                 request,
-                _("%(company)s: refreshed; the access token expires %(expiry)s.") % values,
+                _("%(company)s (%(client)s): refreshed; the access token expires %(expiry)s.") % values,
                 messages.SUCCESS,
             )
         elif result.outcome == tokens.FRESH:
             self.message_user(
                 request,
-                _("%(company)s: refreshed by another process meanwhile; the access token expires %(expiry)s.")
+                _(
+                    "%(company)s (%(client)s): refreshed by another process meanwhile; the access token "
+                    "expires %(expiry)s."
+                )
                 % values,
                 messages.SUCCESS,
             )
         elif result.outcome == tokens.REAUTHORIZATION_REQUIRED:
             self.message_user(
                 request,
-                _("%(company)s: needs re-authorization (%(reason)s). The merchant must connect again.")
+                _(
+                    "%(company)s (%(client)s): needs re-authorization (%(reason)s). The merchant must "
+                    "connect again."
+                )
                 % values,
                 messages.ERROR,
             )
@@ -548,7 +701,8 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
             values["next"] = humanize_expiry(company.next_attempt_at) or "-"
             self.message_user(
                 request,
-                _("%(company)s: refresh failed (%(reason)s); it will be retried %(next)s.") % values,
+                _("%(company)s (%(client)s): refresh failed (%(reason)s); it will be retried %(next)s.")
+                % values,
                 messages.WARNING,
             )
 

@@ -13,7 +13,15 @@ class LightspeedOAuthConfig(AppConfig):
     def ready(self) -> None:
         import logging
 
-        from . import checks  # noqa: F401  (registers the checks)
+        from . import (
+            checks,  # noqa: F401  (registers the checks)
+            signals,
+        )
+        from .mail import email_on_reauthorization
+
+        signals.reauthorization_required.connect(
+            email_on_reauthorization, dispatch_uid="lightspeed_oauth.email_on_reauthorization"
+        )
         from .oauth import RedactGrantParameters
 
         # A logger's filters see only the records of that logger, not of its children.

@@ -19,6 +19,12 @@ DEFAULTS: dict[str, Any] = {
     "STATE_MAX_AGE": 600,
     # Default lifetime, in seconds, of an invitation link.
     "INVITATION_MAX_AGE": 7 * 24 * 3600,
+    # Dotted path of a callable(company) -> e-mail address (or "" / None) of the merchant to send a
+    # company's new invitation to; the admin offers it, and REAUTHORIZATION_EMAIL uses it.
+    "INVITATION_EMAIL": None,
+    # E-mail a new invitation link (to INVITATION_EMAIL's address), once, when a company falls
+    # into "re-authorization required".
+    "REAUTHORIZATION_EMAIL": False,
     # (connect, read) timeouts in seconds for every request to an authorization server.
     "HTTP_TIMEOUT": (5.0, 20.0),
     # A token that expires within this many seconds is refreshed by get_access_token().

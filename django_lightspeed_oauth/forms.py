@@ -6,6 +6,7 @@ from typing import Any
 
 import django
 from django import forms
+from django.apps import apps
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -63,6 +64,15 @@ class ApiClientAdminForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        environment = self.fields.get("environment")
+        sandbox = ApiClient.Environment.SANDBOX
+        if (
+            environment is not None
+            and not apps.is_installed("django_lightspeed_oauth.sandbox")
+            and self.instance.environment != sandbox
+        ):
+            # "Local sandbox" needs the sandbox app; a client already set to it keeps the choice.
+            environment.choices = [c for c in environment.choices if c[0] != sandbox]
         if "client_secret" in self.fields:
             adding = self.instance._state.adding
             self.fields["client_secret"].required = adding
@@ -165,6 +175,26 @@ class InvitationForm(forms.Form):
         if any(ord(c) < 32 for c in reference):
             raise forms.ValidationError(_("The reference must be printable characters only."))
         return reference
+
+    @property
+    def max_age(self) -> int:
+        """The lifetime in seconds."""
+        return int(self.cleaned_data["max_age_hours"]) * 3600
+
+
+class CompanyInvitationForm(forms.Form):
+    """A new invitation for a company that must connect again, e-mailed when an address is given."""
+
+    email = forms.EmailField(
+        label=_("E-mail to"),
+        required=False,
+        help_text=_("Leave empty to only show the link (copy it into your own message)."),
+    )
+    max_age_hours = InvitationForm.base_fields["max_age_hours"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["max_age_hours"].initial = max(1, round(int(app_settings.INVITATION_MAX_AGE) / 3600))
 
     @property
     def max_age(self) -> int:

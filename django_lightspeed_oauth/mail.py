@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import send_mail
 from django.template.loader import render_to_string
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from .conf import app_settings
-from .models import ApiClient
+from .models import ApiClient, ConnectedCompany
+
+logger = logging.getLogger(__name__)
 
 
 def _local(moment):
@@ -35,3 +41,68 @@ def send_invitation(
     subject = " ".join(render_to_string("lightspeed_oauth/email/invitation_subject.txt", context).split())
     message = render_to_string("lightspeed_oauth/email/invitation_message.txt", context)
     send_mail(subject, message, None, [to])
+
+
+def invitation_address(company: ConnectedCompany) -> str:
+    """The merchant's e-mail address for ``company``, from the ``INVITATION_EMAIL`` hook ("" when none)."""
+    path = app_settings.INVITATION_EMAIL
+    if not path:
+        return ""
+    try:
+        hook = import_string(path)
+    except ImportError as err:
+        raise ImproperlyConfigured(
+            f'LIGHTSPEED_OAUTH["INVITATION_EMAIL"]: cannot import {path!r} ({err}).'
+        ) from err
+    return str(hook(company) or "").strip()
+
+
+def company_invitation_url(
+    company: ConnectedCompany, *, max_age: int | None = None, base_url: str = ""
+) -> str:
+    """A new invitation link for ``company``: its API client and its reference, absolute when possible."""
+    url = company.client.invitation_url(reference=company.reference, max_age=max_age)
+    if url.startswith("/") and base_url:
+        url = base_url.rstrip("/") + url
+    return url
+
+
+def send_company_invitation(
+    company: ConnectedCompany, to: str, *, max_age: int | None = None, base_url: str = ""
+) -> str:
+    """E-mail a new invitation link for ``company`` to ``to``; return the link."""
+    url = company_invitation_url(company, max_age=max_age, base_url=base_url)
+    send_invitation(company.client, url, to, max_age=max_age, company_name=company.name or company.company_id)
+    return url
+
+
+def email_on_reauthorization(sender: Any, company: ConnectedCompany, **kwargs: Any) -> None:
+    """Receiver of ``reauthorization_required``: with ``REAUTHORIZATION_EMAIL`` on, e-mail a new link.
+
+    The signal is sent once per fall into "re-authorization required" (the state change that sends
+    it happens once), so the merchant gets one e-mail each time. Needs ``SITE_URL`` (the e-mail needs
+    an absolute link) and an address from the ``INVITATION_EMAIL`` hook; without them it logs why.
+    """
+    if not app_settings.REAUTHORIZATION_EMAIL:
+        return
+    if not app_settings.SITE_URL:
+        logger.error(
+            "Company %s needs re-authorization but no invitation was e-mailed: REAUTHORIZATION_EMAIL "
+            "needs SITE_URL for an absolute link.",
+            company.pk,
+        )
+        return
+    address = invitation_address(company)
+    if not address:
+        logger.warning(
+            "Company %s needs re-authorization; the INVITATION_EMAIL hook gave no address to e-mail.",
+            company.pk,
+        )
+        return
+    if not company.client.is_active:
+        logger.warning(
+            "Company %s needs re-authorization; its API client is not active: no e-mail.", company.pk
+        )
+        return
+    send_company_invitation(company, address)
+    logger.info("Company %s needs re-authorization: e-mailed a new invitation link.", company.pk)

@@ -577,7 +577,10 @@ def test_refresh_now_reports_each_failure_without_stopping_the_others(admin_clie
         with FakeTokenEndpoint(working_client, mock=refusing._mock):
             response = run_action(admin_client, "refresh_now", [refused, gone, fine])
 
-    reported = {message.split(":")[0]: (level, message) for level, message in messages_of(response)}
+    # Each message names the company and its API client.
+    reported = {message.split(" (")[0]: (level, message) for level, message in messages_of(response)}
+    assert reported["Refused"][1].startswith(f"Refused ({refusing_client.name}): ")
+    assert reported["Fine"][1].startswith(f"Fine ({working_client.name}): refreshed")
     assert ConnectedCompany.objects.get(pk=refused.pk).status == Status.REAUTHORIZATION_REQUIRED
     level, message = reported["Refused"]
     assert level == levels.ERROR and "re-authorization" in message
@@ -597,7 +600,7 @@ def test_refresh_now_reports_a_transient_failure_as_a_warning(admin_client):
 
     [(level, message)] = messages_of(response)
     assert level == levels.WARNING
-    assert message.startswith("Flaky: refresh failed") and "retried in" in message
+    assert message.startswith(f"Flaky ({company.client.name}): refresh failed") and "retried in" in message
     assert ConnectedCompany.objects.get(pk=company.pk).status == Status.FAILING
 
 
