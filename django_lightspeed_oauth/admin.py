@@ -32,13 +32,15 @@ from .conf import app_settings
 from .exceptions import LightspeedOAuthError
 from .forms import ApiClientAdminForm, CompanyInvitationForm, InvitationForm
 from .mail import company_invitation_url, invitation_address, send_invitation
-from .models import ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
+from .models import ApiClient, AuthorizationRequest, ConnectedCompany, Overview, TokenEvent
+from .overview import overview_context
 from .providers import provider_choices, provider_classes
 
 __all__ = [
     "ApiClientAdmin",
     "AuthorizationRequestAdmin",
     "ConnectedCompanyAdmin",
+    "OverviewAdmin",
     "TokenEventAdmin",
     "humanize_expiry",
 ]
@@ -805,3 +807,51 @@ class TokenEventAdmin(ReadOnlyAdmin):
     @admin.display(description=_("message"))
     def short_message(self, obj: TokenEvent) -> str:
         return Truncator(obj.message).chars(100)
+
+
+# Overview ---------------------------------------------------------------------------------------
+
+
+@admin.register(Overview)
+class OverviewAdmin(admin.ModelAdmin):
+    """The overview page, listed on the admin index: health of every connection at a glance."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return (
+            request.user.is_active
+            and request.user.is_staff
+            and request.user.has_perm("lightspeed_oauth.view_connectedcompany")
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list:
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("", self.admin_site.admin_view(self.changelist_view), name="{}_{}_changelist".format(*info))
+        ]
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            **overview_context(),
+            "title": _("Lightspeed connections overview"),
+            "subtitle": None,
+            "opts": self.opts,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/lightspeed_oauth/overview.html", context)

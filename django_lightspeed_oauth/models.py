@@ -514,3 +514,13 @@ class TokenEvent(models.Model):
         if self.pk is not None and not self._state.adding:
             raise ValueError("Token events are append-only: they cannot be changed.")
         super().save(*args, **kwargs)
+
+
+class Overview(ApiClient):
+    """No data of its own: the admin's overview page of every connection, listed on the admin index."""
+
+    class Meta:
+        proxy = True
+        verbose_name = _("overview")
+        verbose_name_plural = _("overview")
+        default_permissions = ()
