@@ -65,20 +65,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
         messages.append(
             Error(err.message, hint="Fix or remove the entry in PROVIDERS.", id="lightspeed_oauth.E003")
         )
-    timeout = app_settings.HTTP_TIMEOUT
-    connect, read = (timeout, timeout) if isinstance(timeout, (int, float)) else timeout
-    # Up to three connection attempts, then one answer: the lease must outlast all of that.
-    longest = 3 * float(connect) + float(read)
-    if float(app_settings.LOCK_TIMEOUT) <= longest:
-        messages.append(
-            Error(
-                f'{SETTING_NAME}["LOCK_TIMEOUT"] ({app_settings.LOCK_TIMEOUT}s) is not longer than '
-                f"the longest token request ({longest:g}s with HTTP_TIMEOUT {timeout!r}).",
-                hint="Raise LOCK_TIMEOUT or lower HTTP_TIMEOUT, or a slow refresh could be taken over "
-                "and its refresh token used twice.",
-                id="lightspeed_oauth.E004",
-            )
-        )
+    messages.extend(_lease_checks())
     if "django.contrib.sessions" not in settings.INSTALLED_APPS or not any(
         m.endswith("SessionMiddleware") for m in settings.MIDDLEWARE
     ):
@@ -90,6 +77,41 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+def _lease_checks() -> list:
+    """E004: the rules that keep a live refresher's lease from ending under it."""
+    from .leases import renew_interval
+
+    lock_timeout = float(app_settings.LOCK_TIMEOUT)
+    interval = renew_interval()
+    ceiling = float(app_settings.REFRESH_MAX_DURATION)
+    read_timeout = float(app_settings.REFRESH_READ_TIMEOUT)
+    problems = []
+    if not 0 < interval <= lock_timeout / 2:
+        problems.append(
+            f"LOCK_RENEW_INTERVAL ({interval:g}s) must be positive and at most half of LOCK_TIMEOUT "
+            f"({lock_timeout:g}s), so that one late renewal does not end a live refresher's lease"
+        )
+    if ceiling <= lock_timeout:
+        problems.append(
+            f"REFRESH_MAX_DURATION ({ceiling:g}s) must be longer than LOCK_TIMEOUT ({lock_timeout:g}s)"
+        )
+    if not 0 < read_timeout <= ceiling:
+        problems.append(
+            f"REFRESH_READ_TIMEOUT ({read_timeout:g}s) must be positive and at most REFRESH_MAX_DURATION "
+            f"({ceiling:g}s)"
+        )
+    return [
+        Error(
+            f"{SETTING_NAME}: {problem}.",
+            hint="Otherwise a slow but live refresh could be taken over and its refresh token used twice. "
+            "The defaults (LOCK_TIMEOUT 60, renewal every 20 s, REFRESH_MAX_DURATION 600, "
+            "REFRESH_READ_TIMEOUT 120) satisfy every rule.",
+            id="lightspeed_oauth.E004",
+        )
+        for problem in problems
+    ]
 
 
 @register(Tags.urls)

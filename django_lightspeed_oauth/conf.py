@@ -31,9 +31,17 @@ DEFAULTS: dict[str, Any] = {
     "REFRESH_MARGIN": 300,
     # Default of refresh_lightspeed_tokens --within: refresh what expires within this many seconds.
     "REFRESH_WITHIN": 1800,
-    # Seconds a refresher holds a company's lock before another process may take it over.
-    # Must be longer than a whole token request (see check E004).
+    # Seconds a refresher's lease on a company lasts unless renewed: a refresher that dies or is
+    # frozen blocks the company this long at most (database clock).
     "LOCK_TIMEOUT": 60,
+    # Seconds between renewals of a live refresher's lease; None: a third of LOCK_TIMEOUT.
+    "LOCK_RENEW_INTERVAL": None,
+    # Hard ceiling, in seconds, on one refresh (token request and storing the answer): the lease
+    # is renewed until then, and a token answer still not read by then is given up as uncertain.
+    "REFRESH_MAX_DURATION": 600,
+    # Read timeout, in seconds, of refresh requests (per read; the whole answer is bounded by
+    # REFRESH_MAX_DURATION). Long on purpose: the answer may hold the only copy of a rotated token.
+    "REFRESH_READ_TIMEOUT": 120,
     # First and largest back-off, in seconds, after a transient refresh failure.
     "RETRY_BACKOFF": 60,
     "RETRY_BACKOFF_MAX": 3600,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
@@ -82,7 +84,16 @@ class InvalidClient(TokenEndpointError):
 
 
 class TransientTokenError(TokenEndpointError):
-    """Timeout, connection failure, 429, 5xx or an answer that is not a token: try again later."""
+    """Timeout, connection failure, 429, 5xx or an answer that is not a token: try again later.
+
+    ``maybe_spent`` is true when the request went out and its answer was lost (a read timeout, a
+    connection dropped after sending): the server may have acted on it, and rotated the refresh
+    token, so the outcome is uncertain rather than a plain failure.
+    """
+
+    def __init__(self, message: str, *, maybe_spent: bool = False, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.maybe_spent = maybe_spent
 
 
 class IdentityError(LightspeedOAuthError):

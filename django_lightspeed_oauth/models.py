@@ -10,6 +10,8 @@ from django.conf import settings
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -239,6 +241,117 @@ class ApiClient(models.Model):
         return f"{site.rstrip('/')}{path}" if site else path
 
 
+def _lock_free() -> Q:
+    # Judged by the database's clock, in the statement that takes the lock: no app server's clock.
+    return Q(refresh_lock_id="") | Q(refresh_lock_until__lt=Now()) | Q(refresh_lock_until=None)
+
+
+def _seconds(value: float) -> timedelta:
+    return timedelta(seconds=float(value))
+
+
+class ConnectedCompanyQuerySet(models.QuerySet):
+    """Every change of a company's token state, one conditional UPDATE each.
+
+    Each method runs one statement that says *when* it may apply (the holder of the lease, the
+    token version read, a lease that is over...) and returns whether it did. Times are the
+    database's (``Now()``), so the clocks of the app servers never decide a lease or a back-off.
+    """
+
+    def take_lease(self, pk: int, *, version: int, lock_id: str, lease: float, force: bool) -> bool:
+        """Become the company's only refresher, if nobody holds a live lease and nothing changed."""
+        statuses = [ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING]
+        if force:
+            statuses.append(ConnectedCompany.Status.UNCERTAIN)
+        query = self.filter(pk=pk, token_version=version, status__in=statuses).filter(_lock_free())
+        if not force:
+            # The back-off is part of the condition: a failure recorded since we read the row
+            # stops us too.
+            query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        return bool(
+            query.update(
+                refresh_lock_id=lock_id,
+                refresh_lock_until=Now() + _seconds(lease),
+                refresh_lock_started_at=Now(),
+            )
+        )
+
+    def renew_leases(self, lock_ids: list[str], *, lease: float, ceiling: float) -> int:
+        """Extend the leases of live refreshers, up to ``ceiling`` seconds after each began."""
+        return self.filter(
+            refresh_lock_id__in=lock_ids, refresh_lock_started_at__gt=Now() - _seconds(ceiling)
+        ).update(refresh_lock_until=Now() + _seconds(lease))
+
+    def store_refreshed(self, pk: int, *, lock_id: str, values: dict[str, Any]) -> bool:
+        """The lease holder stores new tokens and lets go of the lease."""
+        return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**values, **_STORED))
+
+    def store_refreshed_late(self, pk: int, *, version: int, status: str, values: dict[str, Any]) -> bool:
+        """A refresher whose lease ran out stores its tokens, only if nothing happened meanwhile:
+        same tokens, same status, and nobody holding a live lease. A newer outcome always wins."""
+        return bool(
+            self.filter(pk=pk, token_version=version, status=status)
+            .filter(_lock_free())
+            .update(**values, **_STORED)
+        )
+
+    def record_transient_failure(
+        self, pk: int, *, lock_id: str, failures: int, message: str, retry_in: float
+    ) -> bool:
+        return bool(
+            self.filter(pk=pk, refresh_lock_id=lock_id).update(
+                status=ConnectedCompany.Status.FAILING,
+                failure_count=failures,
+                last_error=message,
+                next_attempt_at=Now() + _seconds(retry_in),
+                **_RELEASED,
+            )
+        )
+
+    def record_uncertain(self, pk: int, *, lock_id: str, message: str) -> bool:
+        """The token request went out and its answer was lost: it may have rotated the token."""
+        return bool(
+            self.filter(pk=pk, refresh_lock_id=lock_id).update(
+                status=ConnectedCompany.Status.UNCERTAIN,
+                failure_count=F("failure_count") + 1,
+                last_error=message,
+                next_attempt_at=None,
+                **_RELEASED,
+            )
+        )
+
+    def record_reauthorization(self, pk: int, *, version: int, lock_id: str | None, message: str) -> bool:
+        query = self.filter(pk=pk, token_version=version)
+        if lock_id:
+            query = query.filter(refresh_lock_id=lock_id)
+        return bool(
+            query.update(
+                status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED,
+                last_error=message,
+                failure_count=F("failure_count") + 1,
+                next_attempt_at=None,
+                **_RELEASED,
+            )
+        )
+
+    def release_lease(self, pk: int, *, lock_id: str, **values: Any) -> bool:
+        return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**values, **_RELEASED))
+
+    def disconnect(self, pk: int) -> bool:
+        return bool(
+            self.filter(pk=pk).update(
+                status=ConnectedCompany.Status.DISCONNECTED,
+                access_token="",
+                refresh_token="",
+                expires_at=None,
+                refresh_expires_at=None,
+                token_version=F("token_version") + 1,
+                next_attempt_at=None,
+                **_RELEASED,
+            )
+        )
+
+
 class ConnectedCompany(models.Model):
     """One merchant account that authorized an API client, with its (encrypted) tokens."""
 
@@ -247,6 +360,11 @@ class ConnectedCompany(models.Model):
         FAILING = "failing", _("Failing")
         REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
         DISCONNECTED = "disconnected", _("Disconnected")
+        #: A refresh request went out and its answer was lost (read timeout, dropped connection):
+        #: Lightspeed may have rotated the refresh token. Not retried on a timer; see README.
+        UNCERTAIN = "uncertain", _("Refresh outcome uncertain")
+
+    objects = ConnectedCompanyQuerySet.as_manager()
 
     client = models.ForeignKey(
         ApiClient, on_delete=models.PROTECT, related_name="companies", verbose_name=_("API client")
@@ -290,6 +408,8 @@ class ConnectedCompany(models.Model):
     token_version = models.PositiveIntegerField(default=0, editable=False)
     refresh_lock_id = models.CharField(max_length=32, blank=True, default="", editable=False)
     refresh_lock_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the current lease was taken (database clock): renewals stop REFRESH_MAX_DURATION later.
+    refresh_lock_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -325,6 +445,7 @@ class ConnectedCompany(models.Model):
             "token_version",
             "refresh_lock_id",
             "refresh_lock_until",
+            "refresh_lock_started_at",
         }
     )
 
@@ -482,6 +603,7 @@ class TokenEvent(models.Model):
         CONNECTED = "connected", _("Connected")
         REFRESHED = "refreshed", _("Refreshed")
         REFRESH_FAILED = "refresh_failed", _("Refresh failed")
+        REFRESH_UNCERTAIN = "refresh_uncertain", _("Refresh outcome uncertain")
         REAUTHORIZATION_REQUIRED = "reauthorization_required", _("Re-authorization required")
         DISCONNECTED = "disconnected", _("Disconnected")
 
@@ -524,3 +646,22 @@ class Overview(ApiClient):
         verbose_name = _("overview")
         verbose_name_plural = _("overview")
         default_permissions = ()
+
+
+#: What every transition that ends a refresher's work writes: the lease is let go.
+_RELEASED: dict[str, Any] = {
+    "refresh_lock_id": "",
+    "refresh_lock_until": None,
+    "refresh_lock_started_at": None,
+    "updated_at": Now(),
+}
+#: What storing new tokens writes besides them.
+_STORED: dict[str, Any] = {
+    **_RELEASED,
+    "status": ConnectedCompany.Status.ACTIVE,
+    "failure_count": 0,
+    "last_error": "",
+    "next_attempt_at": None,
+    "token_version": F("token_version") + 1,
+    "last_refreshed_at": Now(),
+}

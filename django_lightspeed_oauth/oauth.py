@@ -8,6 +8,7 @@ without us seeing the new one); no token, secret or code reaches a log line or a
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import os
 import re
@@ -160,10 +161,23 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, parsed.timestamp() - time.time())
 
 
-def post_token(request: TokenRequest, provider: Provider, secrets: tuple[str, ...]) -> TokenSet:
-    """Send one token request and read the answer, raising a classified TokenEndpointError."""
+def post_token(
+    request: TokenRequest, provider: Provider, secrets: tuple[str, ...], *, refresh: bool = False
+) -> TokenSet:
+    """Send one token request and read the answer, raising a classified TokenEndpointError.
+
+    A refresh waits long for its answer (``REFRESH_READ_TIMEOUT`` per read, the whole answer within
+    ``REFRESH_MAX_DURATION``; the caller's lease is renewed meanwhile): the answer may hold the only
+    copy of a rotated refresh token. A lost answer raises with ``maybe_spent``.
+    """
     where = _where(request.url)
     started = time.monotonic()
+    timeout = _timeout()
+    if refresh:
+        timeout = (timeout[0], float(app_settings.REFRESH_READ_TIMEOUT))
+        deadline = started + float(app_settings.REFRESH_MAX_DURATION)
+    else:
+        deadline = started + timeout[1]
     try:
         response = http_session().post(
             request.url,
@@ -171,29 +185,66 @@ def post_token(request: TokenRequest, provider: Provider, secrets: tuple[str, ..
             data=request.data,
             json=request.json,
             headers=request.headers,
-            timeout=_timeout(),
+            timeout=timeout,
             allow_redirects=False,
+            stream=True,
         )
     except requests.ConnectionError as err:
         # `from None`: the underlying message may quote the URL, and with it a query-string secret.
+        sent = not isinstance(err, requests.ConnectTimeout) and _sent_before_failing(err)
         kind = (
             "timed out while connecting"
             if isinstance(err, requests.ConnectTimeout)
-            else ("could not be reached")
+            else "could not be reached"
         )
-        if not isinstance(err, requests.ConnectTimeout) and _sent_before_failing(err):
+        if sent:
             kind = "dropped the connection before answering"
         logger.warning("Token endpoint %s %s (%s)", where, kind, type(err).__name__)
-        raise TransientTokenError(f"The token endpoint {kind}.") from None
+        raise TransientTokenError(f"The token endpoint {kind}.", maybe_spent=sent) from None
     except requests.Timeout:
         logger.warning("Token endpoint %s did not answer in time", where)
-        raise TransientTokenError("The token endpoint did not answer in time.") from None
+        raise TransientTokenError("The token endpoint did not answer in time.", maybe_spent=True) from None
     except requests.RequestException as err:
         logger.warning("Token endpoint %s request failed (%s)", where, type(err).__name__)
-        raise TransientTokenError("The request to the token endpoint failed.") from None
+        raise TransientTokenError("The request to the token endpoint failed.", maybe_spent=True) from None
+    body = _read_body(response, where, deadline)
     elapsed_ms = (time.monotonic() - started) * 1000
     logger.info("Token endpoint %s answered %s in %.0f ms", where, response.status_code, elapsed_ms)
-    return _read_token_response(response, provider, secrets)
+    return _read_token_response(response, body, provider, secrets)
+
+
+#: A token answer is a few kilobytes; more than this is not one.
+MAX_TOKEN_ANSWER = 1024 * 1024
+
+
+def _read_body(response: requests.Response, where: str, deadline: float) -> bytes:
+    """The whole body, read before ``deadline`` however slowly it comes, or a maybe-spent error."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(8192):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_TOKEN_ANSWER:
+                raise TransientTokenError(
+                    "The token endpoint's answer is too large to be a token answer.",
+                    status_code=response.status_code,
+                )
+            if time.monotonic() > deadline:
+                logger.error("Token endpoint %s was still sending its answer at the deadline", where)
+                raise TransientTokenError(
+                    "The token endpoint's answer did not arrive in time.",
+                    status_code=response.status_code,
+                    maybe_spent=True,
+                )
+    except requests.RequestException as err:
+        logger.warning("Token endpoint %s broke off its answer (%s)", where, type(err).__name__)
+        raise TransientTokenError(
+            "The token endpoint broke off its answer.", status_code=response.status_code, maybe_spent=True
+        ) from None
+    finally:
+        response.close()
+    return b"".join(chunks)
 
 
 def _sent_before_failing(err: requests.ConnectionError) -> bool:
@@ -204,12 +255,12 @@ def _sent_before_failing(err: requests.ConnectionError) -> bool:
 
 
 def _read_token_response(
-    response: requests.Response, provider: Provider, secrets: tuple[str, ...]
+    response: requests.Response, body: bytes, provider: Provider, secrets: tuple[str, ...]
 ) -> TokenSet:
     status = response.status_code
     try:
-        payload: Any = response.json()
-    except ValueError:
+        payload: Any = json.loads(body) if body else None
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
         payload = None
     if 200 <= status < 300:
         if payload is None:
@@ -287,7 +338,7 @@ def refresh_tokens(
     """Trade a refresh token for new tokens (sent once, never retried after it went out)."""
     grant = provider.refresh_grant(refresh_token=refresh_token, scopes=scopes)
     request = provider.token_request(url, client_id=client_id, client_secret=client_secret, grant=grant)
-    return post_token(request, provider, (client_secret, refresh_token))
+    return post_token(request, provider, (client_secret, refresh_token), refresh=True)
 
 
 def identify(provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]) -> Identity:

@@ -269,6 +269,8 @@ class Provider:
     callback_params: ClassVar[tuple[str, ...]] = ()
     #: whether the API client must set authorize_url and token_url itself
     requires_urls: ClassVar[bool] = False
+    #: whether a refresh spends the refresh token (a lost answer then leaves the outcome uncertain)
+    rotates_refresh_tokens: ClassVar[bool] = True
     #: whether Lightspeed refuses an authorization request without scopes, and what to ask for
     requires_scopes: ClassVar[bool] = False
     scope_hint: ClassVar[str] = ""
@@ -616,6 +618,7 @@ class OSeriesProvider(Provider):
     key = "o-series"
     name = "Restaurant O-Series (Kounta)"
     notes = "The merchant picks a company on the consent page. Refresh tokens do not rotate."
+    rotates_refresh_tokens = False
     # https://apidoc.kounta.com/authentication/ names these two URLs.
     _urls = {
         "authorize": "https://my.kounta.com/authorize",

@@ -16,12 +16,13 @@ from datetime import timedelta
 
 from django.db import connections
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .conf import app_settings
 from .exceptions import LightspeedOAuthError
 from .models import ConnectedCompany
-from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, RefreshResult, refresh
+from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, UNCERTAIN, RefreshResult, refresh
 
 __all__ = [
     "EXIT_FAILED",
@@ -50,7 +51,7 @@ class CompanyResult:
     pk: int
     company_id: str
     client: str
-    outcome: str  # refreshed | fresh | busy | failed | reauthorization_required | error | due
+    outcome: str  # refreshed | fresh | busy | failed | uncertain | reauthorization_required | error | due
     message: str = ""
 
 
@@ -63,6 +64,7 @@ class Summary:
     fresh: int = 0
     busy: int = 0
     failed: int = 0
+    uncertain: int = 0
     reauthorization_required: int = 0
     dry_run: bool = False
     problems: list[CompanyResult] = field(default_factory=list)
@@ -81,12 +83,15 @@ class Summary:
         elif result.outcome in (FAILED, ERROR):
             self.failed += 1
             self.problems.append(result)
+        elif result.outcome == UNCERTAIN:
+            self.uncertain += 1
+            self.problems.append(result)
 
     @property
     def exit_code(self) -> int:
         if self.reauthorization_required:
             return EXIT_REAUTHORIZATION
-        if self.failed:
+        if self.failed or self.uncertain:
             return EXIT_FAILED
         return EXIT_OK
 
@@ -97,6 +102,7 @@ class Summary:
             "fresh": self.fresh,
             "busy": self.busy,
             "failed": self.failed,
+            "uncertain": self.uncertain,
             "reauthorization_required": self.reauthorization_required,
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
@@ -131,8 +137,9 @@ def due_companies(
         client__is_active=True,
     )
     if not force:
+        # The database's clock decides the back-off, as it does in the lease.
         query = query.filter(expires_at__lte=now + timedelta(seconds=within)).filter(
-            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+            Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now())
         )
     clients = list(clients)
     if clients:

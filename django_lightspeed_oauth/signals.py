@@ -11,6 +11,7 @@ __all__ = [
     "company_connected",
     "company_disconnected",
     "reauthorization_required",
+    "refresh_outcome_uncertain",
     "send",
     "token_refresh_failed",
     "token_refreshed",
@@ -32,6 +33,9 @@ company_disconnected = Signal()
 #: The client's id or secret (or its configuration at Lightspeed) was refused: fix the client; its
 #: companies keep their tokens and are refreshed again once the client is changed.
 client_credentials_refused = Signal()
+#: kwargs: company, error. A refresh request went out and its answer was lost (read timeout,
+#: dropped connection): Lightspeed may have rotated the refresh token. Not retried automatically.
+refresh_outcome_uncertain = Signal()
 
 
 def send(signal: Signal, **kwargs) -> None:

@@ -20,15 +20,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
-from django.db.models import F, Q
 from django.utils import timezone
 
-from . import oauth, signals
+from . import leases, oauth, signals
 from .conf import app_settings
 from .crypto import fingerprint
 from .exceptions import (
@@ -43,18 +43,31 @@ from .exceptions import (
 from .models import ApiClient, ConnectedCompany, TokenEvent
 from .providers import URL_PLACEHOLDER_VALUE
 
-__all__ = ["CompanySession", "RefreshResult", "disconnect", "get_access_token", "refresh"]
+__all__ = ["CompanySession", "Outcome", "RefreshResult", "disconnect", "get_access_token", "refresh"]
 
 logger = logging.getLogger(__name__)
 
-REFRESHED = "refreshed"
-FRESH = "fresh"
-FAILED = "failed"
-REAUTHORIZATION_REQUIRED = "reauthorization_required"
+
+class Outcome(StrEnum):
+    """What one call of :func:`refresh` did; compares equal to its string value."""
+
+    REFRESHED = "refreshed"  # new tokens stored by this call
+    FRESH = "fresh"  # nothing needed, or done by another process meanwhile
+    FAILED = "failed"  # a passing failure, or backing off after one
+    REAUTHORIZATION_REQUIRED = "reauthorization_required"
+    UNCERTAIN = "uncertain"  # the answer was lost: the refresh token may have been rotated
+
+
+REFRESHED = Outcome.REFRESHED
+FRESH = Outcome.FRESH
+FAILED = Outcome.FAILED
+REAUTHORIZATION_REQUIRED = Outcome.REAUTHORIZATION_REQUIRED
+UNCERTAIN = Outcome.UNCERTAIN
 
 # What a re-read needs: everything refresh decides on, the tokens, and the client for the request.
 _REREAD_FIELDS = (
     "status",
+    "refresh_lock_id",
     "access_token",
     "refresh_token",
     "expires_at",
@@ -75,7 +88,7 @@ class RefreshResult:
     """What :func:`refresh` did for one company."""
 
     company: ConnectedCompany
-    outcome: str  # refreshed | fresh | failed | reauthorization_required
+    outcome: Outcome
     error: TokenEndpointError | None = None
     waited: bool = False  # another process held the lock
 
@@ -176,62 +189,25 @@ def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk
             if not connection.in_atomic_block:
                 connection.close()
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.25)
 
 
 def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wait: bool) -> RefreshResult:
-    manager = ConnectedCompany.objects
-    lock_timeout = float(app_settings.LOCK_TIMEOUT)
-    deadline = time.monotonic() + lock_timeout + 5
+    """Take the lease and refresh, or wait for whoever holds it and use their token."""
+    deadline = time.monotonic() + float(app_settings.LOCK_TIMEOUT) + 5
     seen_version = company.token_version
     waited = False
     while True:
-        if company.status == ConnectedCompany.Status.DISCONNECTED:
-            raise CompanyDisconnected(f"Company {company.company_id} is disconnected.")
-        if company.status == ConnectedCompany.Status.REAUTHORIZATION_REQUIRED:
-            return RefreshResult(company, REAUTHORIZATION_REQUIRED, waited=waited)
-        if waited and company.token_version != seen_version:
-            # Another process refreshed (or reconnected) while we waited: use its token.
-            return RefreshResult(company, FRESH, waited=True)
-        if not force and not company.needs_refresh(within):
-            return RefreshResult(company, FRESH, waited=waited)
-        if not company.refresh_token:
-            return _fail_for_good(company, None, "The company has no refresh token.")
-        now = timezone.now()
-        if not force and company.next_attempt_at and company.next_attempt_at > now:
-            # Backing off after a failure (maybe a Retry-After): do not ask the server again yet.
-            return RefreshResult(company, FAILED, waited=waited)
-        if not force and company.client.credentials_refused_at:
-            # The client's own credentials were refused: asking again with them would be refused
-            # too. The company's tokens stay as they are until staff fix the client.
-            return RefreshResult(company, FAILED, error=_client_refused_error(company.client), waited=waited)
-
+        settled = _settled(company, force=force, within=within, waited=waited, seen_version=seen_version)
+        if settled is not None:
+            return settled
         lock_id = uuid.uuid4().hex
-
-        def take_lock() -> int:
-            # The lease starts when the statement runs, not before a retry's wait.
-            start = timezone.now()
-            query = manager.filter(pk=company.pk, token_version=company.token_version).filter(
-                _lock_free(start)
-            )
-            if not force:
-                # The back-off is part of the condition: a failure recorded (and the lock
-                # released) since we read the row must stop us too.
-                query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=start))
-            return query.update(
-                refresh_lock_id=lock_id,  # noqa: B023 (called at once, in this iteration)
-                refresh_lock_until=start + timedelta(seconds=lock_timeout),
-            )
-
-        taken = _retrying(
-            take_lock, seconds=lock_timeout / 2, what="taking the refresh lock", company_pk=company.pk
-        )
-        if taken:
+        if _take_lease(company, lock_id, force):
             return _refresh_locked(company, lock_id, waited)
-
-        # Someone else holds the lock, or already refreshed since we read the row.
+        # Someone else holds the lease, or refreshed since we read the row.
         if waited:
             if time.monotonic() > deadline:
+                # The holder may still be at work (its lease renewed): never a second request.
                 raise RefreshInProgress(
                     f"Company {company.company_id} is being refreshed by another process that "
                     "did not finish in time."
@@ -239,108 +215,162 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
             time.sleep(0.05 + random.random() * 0.1)
         waited = True
         company.refresh_from_db(fields=_REREAD_FIELDS)
+        if company.token_version == seen_version and not company.refresh_lock_id and company.next_attempt_at:
+            # Nobody holds the lease and nothing changed: the database says we are backing off.
+            return RefreshResult(company, FAILED, waited=True)
         if not wait and company.token_version == seen_version:
             return RefreshResult(company, FRESH, waited=True)
 
 
-def _lock_free(now) -> Q:
-    return Q(refresh_lock_id="") | Q(refresh_lock_until__lt=now) | Q(refresh_lock_until=None)
+def _settled(
+    company: ConnectedCompany, *, force: bool, within: float | None, waited: bool, seen_version: int
+) -> RefreshResult | None:
+    """The outcome when no refresh request is needed (or allowed), else None."""
+    Status = ConnectedCompany.Status
+    if company.status == Status.DISCONNECTED:
+        raise CompanyDisconnected(f"Company {company.company_id} is disconnected.")
+    if company.status == Status.REAUTHORIZATION_REQUIRED:
+        return RefreshResult(company, REAUTHORIZATION_REQUIRED, waited=waited)
+    if waited and company.token_version != seen_version:
+        return RefreshResult(company, FRESH, waited=True)  # another process refreshed: use its token
+    if company.status == Status.UNCERTAIN and not force:
+        # A lost answer may have rotated the token: only staff decide to try it again.
+        return RefreshResult(company, UNCERTAIN, waited=waited)
+    if not force and not company.needs_refresh(within):
+        return RefreshResult(company, FRESH, waited=waited)
+    if not company.refresh_token:
+        return _fail_for_good(company, None, "The company has no refresh token.")
+    if not force and company.client.credentials_refused_at:
+        # The client's own credentials were refused: asking again with them would be refused
+        # too. The company's tokens stay as they are until staff fix the client.
+        return RefreshResult(company, FAILED, error=_client_refused_error(company.client), waited=waited)
+    return None
+
+
+def _take_lease(company: ConnectedCompany, lock_id: str, force: bool) -> bool:
+    lock_timeout = float(app_settings.LOCK_TIMEOUT)
+    return _retrying(
+        lambda: ConnectedCompany.objects.take_lease(
+            company.pk, version=company.token_version, lock_id=lock_id, lease=lock_timeout, force=force
+        ),
+        seconds=lock_timeout / 2,
+        what="taking the refresh lock",
+        company_pk=company.pk,
+    )
 
 
 def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> RefreshResult:
-    client = company.client
-    manager = ConnectedCompany.objects
-    mine = manager.filter(pk=company.pk, refresh_lock_id=lock_id)
-    try:
-        provider = client.get_provider()
-        url = client.token_endpoint(company.url_context())
-        tokens = oauth.refresh_tokens(
-            provider,
-            url=url,
-            client_id=client.client_id,
-            client_secret=client.client_secret,
-            refresh_token=company.refresh_token,
-            scopes=client.scopes,
-        )
-    except InvalidGrant as err:
-        return _fail_for_good(company, err, err.message, lock_id=lock_id)
-    except InvalidClient as err:
-        return _client_refused(company, err, lock_id)
-    except TokenEndpointError as err:
-        return _fail_for_now(company, err, lock_id)
-    except BaseException:
-        mine.update(refresh_lock_id="", refresh_lock_until=None)
-        raise
+    """We hold the lease: ask the token endpoint once, then store what it said."""
+    status_before = company.status
+    with leases.keep(lock_id):
+        try:
+            tokens = _request_new_tokens(company)
+        except InvalidGrant as err:
+            return _fail_for_good(company, err, err.message, lock_id=lock_id)
+        except InvalidClient as err:
+            return _client_refused(company, err, lock_id)
+        except TokenEndpointError as err:
+            if getattr(err, "maybe_spent", False) and company.client.get_provider().rotates_refresh_tokens:
+                return _record_uncertain(company, err, lock_id)
+            return _fail_for_now(company, err, lock_id)
+        except BaseException:
+            ConnectedCompany.objects.release_lease(company.pk, lock_id=lock_id)
+            raise
+        # Persist first: the old refresh token is spent, the new one exists nowhere else. The lease
+        # is kept alive while storing is retried.
+        stored = _store(company, tokens, lock_id, status_before)
+    if not stored:
+        company.refresh_from_db(fields=_REREAD_FIELDS)
+        return RefreshResult(company, FRESH, waited=True)
+    return _refreshed(company, tokens, waited)
 
-    # Persist first: the old refresh token is spent, the new one exists nowhere else.
-    now = timezone.now()
-    new_refresh = tokens.refresh_token or company.refresh_token
-    values = dict(
+
+def _request_new_tokens(company: ConnectedCompany) -> Any:
+    client = company.client
+    return oauth.refresh_tokens(
+        client.get_provider(),
+        url=client.token_endpoint(company.url_context()),
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        refresh_token=company.refresh_token,
+        scopes=client.scopes,
+    )
+
+
+def _new_values(company: ConnectedCompany, tokens: Any) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
         access_token=tokens.access_token,
-        refresh_token=new_refresh,
+        refresh_token=tokens.refresh_token or company.refresh_token,
         token_type=tokens.token_type,
         expires_at=tokens.expires_at,
         refresh_expires_at=tokens.refresh_expires_at or company.refresh_expires_at,
-        last_refreshed_at=now,
-        status=ConnectedCompany.Status.ACTIVE,
-        failure_count=0,
-        last_error="",
-        next_attempt_at=None,
-        token_version=F("token_version") + 1,
-        refresh_lock_id="",
-        refresh_lock_until=None,
-        updated_at=now,
     )
     if tokens.scope:
         values["granted_scopes"] = tokens.scope
     details = _details_after_refresh(company, tokens)
     if details is not None:
         values["details"] = details
-    persist_for = max(30.0, 2 * float(app_settings.LOCK_TIMEOUT))
+    return values
+
+
+def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: str) -> bool:
+    """Store the new tokens; False when a newer outcome won meanwhile (nothing was overwritten)."""
+    values = _new_values(company, tokens)
+    manager = ConnectedCompany.objects
+    persist_for = float(app_settings.REFRESH_MAX_DURATION)
     try:
-        stored = _retrying(
-            lambda: mine.update(**values),
+        if _retrying(
+            lambda: manager.store_refreshed(company.pk, lock_id=lock_id, values=values),
             seconds=persist_for,
             what="storing new tokens",
             company_pk=company.pk,
-        )
-        if not stored:
-            # Our lease ran out (a token request slower than LOCK_TIMEOUT) and another process
-            # took the lock. Keep the new tokens if nobody changed the tokens since we read them
-            # (they are then the only valid ones); a disconnect or a new grant meanwhile wins.
-            logger.error(
-                "Refresh lock of company %s expired before its refresh finished; "
-                "raise LIGHTSPEED_OAUTH['LOCK_TIMEOUT']",
-                company.pk,
-            )
-            unchanged = manager.filter(pk=company.pk, token_version=company.token_version)
-            if not _retrying(
-                lambda: unchanged.update(**values),
-                seconds=persist_for,
-                what="storing new tokens",
-                company_pk=company.pk,
-            ):
-                logger.error(
-                    "Company %s was disconnected or connected again during its "
-                    "refresh; the refreshed tokens were not kept",
-                    company.pk,
-                )
-                company.refresh_from_db(fields=_REREAD_FIELDS)
-                return RefreshResult(company, FRESH, waited=True)
+        ):
+            _apply(company, values)
+            return True
+        # Our lease ended (the process was frozen, or the database refused us for longer than the
+        # lease). Keep the tokens only if nothing happened since: a newer outcome always wins.
+        logger.error("Refresh lock of company %s was lost before its new tokens were stored", company.pk)
+        if _retrying(
+            lambda: manager.store_refreshed_late(
+                company.pk, version=company.token_version, status=status_before, values=values
+            ),
+            seconds=persist_for,
+            what="storing new tokens",
+            company_pk=company.pk,
+        ):
+            _apply(company, values)
+            return True
     except DatabaseError:
         logger.critical(
             "New tokens of company %s could not be stored (new refresh token %s); "
             "the merchant may have to connect again",
             company.pk,
-            fingerprint(new_refresh),
+            fingerprint(values["refresh_token"]),
         )
         raise
-    rotated = tokens.refresh_token is not None and tokens.refresh_token != company.refresh_token
+    logger.error(
+        "Company %s changed during its refresh (another outcome was stored); the refreshed tokens "
+        "were not kept",
+        company.pk,
+    )
+    return False
+
+
+def _apply(company: ConnectedCompany, values: dict[str, Any]) -> None:
     for name, value in values.items():
-        if name != "token_version":
-            setattr(company, name, value)
+        setattr(company, name, value)
+    company.status = ConnectedCompany.Status.ACTIVE
+    company.failure_count = 0
+    company.last_error = ""
+    company.next_attempt_at = None
     company.token_version += 1
-    logger.info("Refreshed company %s (client %s)", company.pk, client.slug)
+    company.last_refreshed_at = timezone.now()
+    company.refresh_lock_id = ""
+    company.refresh_lock_until = None
+
+
+def _refreshed(company: ConnectedCompany, tokens: Any, waited: bool) -> RefreshResult:
+    logger.info("Refreshed company %s (client %s)", company.pk, company.client.slug)
     # The tokens are stored: nothing below may turn this into a failure.
     _event(
         company,
@@ -349,13 +379,13 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
         {
             "access_token": company.access_token_fingerprint,
             "refresh_token": company.refresh_token_fingerprint,
-            "rotated": rotated,
+            "rotated": tokens.refresh_token is not None,
             "expires_at": company.expires_at.isoformat() if company.expires_at else None,
         },
     )
     signals.send(signals.token_refreshed, company=company)
-    if client.credentials_refused_at:
-        client.clear_credentials_refusal()  # a forced refresh went through: the client works again
+    if company.client.credentials_refused_at:
+        company.client.clear_credentials_refusal()  # a forced refresh went through: it works again
     return RefreshResult(company, REFRESHED, waited=waited)
 
 
@@ -383,9 +413,7 @@ def _client_refused(company: ConnectedCompany, err: InvalidClient, lock_id: str)
     """The client's credentials were refused: record it on the client, keep the company as it is."""
     client = company.client
     now = timezone.now()
-    ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
-        refresh_lock_id="", refresh_lock_until=None, last_error=err.message, updated_at=now
-    )
+    ConnectedCompany.objects.release_lease(company.pk, lock_id=lock_id, last_error=err.message)
     ApiClient.objects.filter(pk=client.pk).update(credentials_refused_at=now, credentials_error=err.message)
     client.credentials_refused_at = now
     client.credentials_error = err.message
@@ -401,23 +429,34 @@ def _client_refused(company: ConnectedCompany, err: InvalidClient, lock_id: str)
     return RefreshResult(company, FAILED, error=err)
 
 
+def _record_uncertain(company: ConnectedCompany, err: TokenEndpointError, lock_id: str) -> RefreshResult:
+    message = (
+        f"{err.message} The request may have reached Lightspeed, which then rotated the refresh "
+        "token: not retried automatically. Use Refresh now once; if Lightspeed answers that the "
+        "grant is invalid, the merchant must connect again."
+    )
+    if not ConnectedCompany.objects.record_uncertain(company.pk, lock_id=lock_id, message=message):
+        return _lease_lost(company)
+    company.status = ConnectedCompany.Status.UNCERTAIN
+    company.last_error = message
+    company.failure_count += 1
+    logger.error("Refresh of company %s has an uncertain outcome: %s", company.pk, err.message)
+    _event(
+        company,
+        TokenEvent.Kind.REFRESH_UNCERTAIN,
+        message,
+        {"error": err.error, "status_code": err.status_code},
+    )
+    signals.send(signals.refresh_outcome_uncertain, company=company, error=err)
+    return RefreshResult(company, UNCERTAIN, error=err)
+
+
 def _fail_for_good(
     company: ConnectedCompany, err: TokenEndpointError | None, message: str, lock_id: str | None = None
 ) -> RefreshResult:
-    now = timezone.now()
-    query = ConnectedCompany.objects.filter(pk=company.pk, token_version=company.token_version)
-    if lock_id:
-        query = query.filter(refresh_lock_id=lock_id)
-    values = dict(
-        status=ConnectedCompany.Status.REAUTHORIZATION_REQUIRED,
-        last_error=message,
-        failure_count=F("failure_count") + 1,
-        next_attempt_at=None,
-        refresh_lock_id="",
-        refresh_lock_until=None,
-        updated_at=now,
-    )
-    if not query.update(**values):
+    if not ConnectedCompany.objects.record_reauthorization(
+        company.pk, version=company.token_version, lock_id=lock_id, message=message
+    ):
         return _lease_lost(company)
     company.status = ConnectedCompany.Status.REAUTHORIZATION_REQUIRED
     company.last_error = message
@@ -437,7 +476,7 @@ def _fail_for_good(
 def _lease_lost(company: ConnectedCompany) -> RefreshResult:
     # Another process took the company over after our lease ended; its outcome is the one that
     # counts, so report nothing and take the row as it is now.
-    logger.warning("Refresh lock of company %s was taken over before its failure was recorded", company.pk)
+    logger.warning("Refresh lock of company %s was taken over before its outcome was recorded", company.pk)
     company.refresh_from_db(fields=_REREAD_FIELDS)
     return RefreshResult(company, FRESH, waited=True)
 
@@ -451,34 +490,22 @@ def _backoff(failures: int, err: TokenEndpointError) -> float:
 
 
 def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError, lock_id: str) -> RefreshResult:
-    now = timezone.now()
     failures = company.failure_count + 1
-    next_attempt = now + timedelta(seconds=_backoff(failures, err))
-    if not ConnectedCompany.objects.filter(pk=company.pk, refresh_lock_id=lock_id).update(
-        status=ConnectedCompany.Status.FAILING,
-        failure_count=failures,
-        last_error=err.message,
-        next_attempt_at=next_attempt,
-        refresh_lock_id="",
-        refresh_lock_until=None,
-        updated_at=now,
+    delay = _backoff(failures, err)
+    if not ConnectedCompany.objects.record_transient_failure(
+        company.pk, lock_id=lock_id, failures=failures, message=err.message, retry_in=delay
     ):
         return _lease_lost(company)
     company.status = ConnectedCompany.Status.FAILING
     company.failure_count = failures
     company.last_error = err.message
-    company.next_attempt_at = next_attempt
+    company.next_attempt_at = timezone.now() + timedelta(seconds=delay)  # approximate: the row has it
     logger.warning("Refresh of company %s failed (attempt %s): %s", company.pk, failures, err.message)
     _event(
         company,
         TokenEvent.Kind.REFRESH_FAILED,
         err.message,
-        {
-            "error": err.error,
-            "status_code": err.status_code,
-            "attempt": failures,
-            "next_attempt_at": next_attempt.isoformat(),
-        },
+        {"error": err.error, "status_code": err.status_code, "attempt": failures, "retry_in": delay},
     )
     signals.send(signals.token_refresh_failed, company=company, error=err, attempt=failures)
     return RefreshResult(company, FAILED, error=err)
@@ -501,11 +528,19 @@ def get_access_token(company: ConnectedCompany) -> str:
         raise ReauthorizationRequired(f"Company {company.company_id} must authorize the API client again.")
     if company.access_token and not company.needs_refresh():
         return company.access_token  # the hot path: no query, no write
+    version = company.token_version
     result = refresh(company)
     if result.outcome == REAUTHORIZATION_REQUIRED:
         raise ReauthorizationRequired(f"Company {company.company_id} must authorize the API client again.")
-    if company.access_token and not company.is_expired():
+    if company.access_token and (company.token_version != version or not company.is_expired()):
+        # Just stored (by us or by the process we waited for), or still valid.
         return company.access_token
+    if result.outcome == UNCERTAIN:
+        raise RefreshFailed(
+            f"The access token of company {company.company_id} has expired and the outcome of its "
+            "last refresh is uncertain (the answer was lost); staff must use Refresh now: "
+            f"{company.last_error}"
+        )
     raise RefreshFailed(
         f"The access token of company {company.company_id} has expired and could not be "
         f"refreshed: {company.last_error or 'unknown error'}"
@@ -514,19 +549,7 @@ def get_access_token(company: ConnectedCompany) -> str:
 
 def disconnect(company: ConnectedCompany, *, user=None, message: str = "") -> None:
     """Erase the company's tokens (the history stays) and send ``company_disconnected``."""
-    now = timezone.now()
-    ConnectedCompany.objects.filter(pk=company.pk).update(
-        status=ConnectedCompany.Status.DISCONNECTED,
-        access_token="",
-        refresh_token="",
-        expires_at=None,
-        refresh_expires_at=None,
-        token_version=F("token_version") + 1,
-        next_attempt_at=None,
-        refresh_lock_id="",
-        refresh_lock_until=None,
-        updated_at=now,
-    )
+    ConnectedCompany.objects.disconnect(company.pk)
     company.refresh_from_db(fields=_REREAD_FIELDS)
     _event(company, TokenEvent.Kind.DISCONNECTED, message or "Disconnected; tokens erased.", {}, actor=user)
     signals.send(signals.company_disconnected, company=company, user=user)

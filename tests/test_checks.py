@@ -80,22 +80,24 @@ def test_e003_a_provider_path_that_is_not_a_provider():
 
 
 @pytest.mark.parametrize(
-    "timeouts",
+    "values,named",
     [
-        {"LOCK_TIMEOUT": 30},  # default HTTP_TIMEOUT (5, 20): up to 35 s
-        {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": 15},  # 3 * 15 + 15 = 60: not longer
-        {"LOCK_TIMEOUT": 60, "HTTP_TIMEOUT": (10, 40)},
+        ({"LOCK_TIMEOUT": 30, "LOCK_RENEW_INTERVAL": 20}, "LOCK_RENEW_INTERVAL"),  # one late renewal ends it
+        ({"LOCK_RENEW_INTERVAL": -1}, "LOCK_RENEW_INTERVAL"),
+        ({"LOCK_TIMEOUT": 600, "REFRESH_MAX_DURATION": 600}, "REFRESH_MAX_DURATION"),
+        ({"REFRESH_READ_TIMEOUT": 900}, "REFRESH_READ_TIMEOUT"),
+        ({"REFRESH_READ_TIMEOUT": 0}, "REFRESH_READ_TIMEOUT"),
     ],
 )
-def test_e004_a_lock_that_can_expire_during_a_token_request(timeouts):
-    with lightspeed_settings(**timeouts):
+def test_e004_lease_rules_that_could_end_a_live_refreshers_lease(values, named):
+    with lightspeed_settings(**values):
         messages = checks.check_settings()
     assert ids(messages) == ["lightspeed_oauth.E004"]
-    assert "LOCK_TIMEOUT" in messages[0].msg and "used twice" in messages[0].hint
+    assert named in messages[0].msg and "used twice" in messages[0].hint
 
 
-@lightspeed_settings(LOCK_TIMEOUT=61, HTTP_TIMEOUT=15)
-def test_e004_passes_once_the_lock_outlasts_the_request():
+@lightspeed_settings(LOCK_TIMEOUT=10, LOCK_RENEW_INTERVAL=5, REFRESH_MAX_DURATION=11, REFRESH_READ_TIMEOUT=11)
+def test_e004_passes_at_the_limits():
     assert checks.check_settings() == []
 
 
@@ -164,7 +166,7 @@ def test_w002_a_production_client_without_https():
 @pytest.mark.django_db
 def test_checks_are_registered_with_django():
     make_client(environment="production", redirect_uri="http://shop.example.com/cb/")
-    with lightspeed_settings(LOCK_TIMEOUT=1):
+    with lightspeed_settings(LOCK_TIMEOUT=600):  # not shorter than REFRESH_MAX_DURATION
         found = {m.id for m in run_checks(databases=["default"])}
     assert {"lightspeed_oauth.E004", "lightspeed_oauth.W002"} <= found
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import requests
 import responses
 from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -125,7 +127,6 @@ def test_a_stale_copy_never_spends_the_rotated_away_refresh_token():
         (429, 429, 120),
         (500, 500, None),
         ("html", 200, None),
-        ("timeout", None, None),
     ],
 )
 def test_transient_failures_back_off_and_keep_the_tokens(received, failure, status, retry_after):
@@ -143,6 +144,49 @@ def test_transient_failures_back_off_and_keep_the_tokens(received, failure, stat
     (sent,) = received["token_refresh_failed"]
     assert sent["attempt"] == 1 and sent["error"].status_code == status
     assert len(fake.requests) == 1  # never retried after it may have reached the server
+
+
+def test_a_lost_answer_is_an_uncertain_outcome_not_retried_on_a_timer():
+    company = make_company(expires_in=120)  # due, still valid
+    uncertain = []
+    signals.refresh_outcome_uncertain.connect(
+        lambda **kw: uncertain.append(kw), weak=False, dispatch_uid="test-uncertain"
+    )
+    try:
+        with FakeTokenEndpoint(company.client) as fake:
+            fake.fail_with("timeout")  # a read timeout: the request went out
+            assert company.get_access_token() == company.access_token  # still valid
+            fake.fail_with(None)
+            # Due, but the lost answer may have rotated the token: no automatic second try.
+            assert company.refresh() == "uncertain"
+            assert company.get_access_token() == company.access_token
+            assert len(fake.requests) == 1
+            # Staff decide: Refresh now (force) tries once more.
+            assert company.refresh(force=True) == "refreshed"
+    finally:
+        signals.refresh_outcome_uncertain.disconnect(dispatch_uid="test-uncertain")
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.status == "active"
+    assert TokenEvent.objects.filter(company=company, kind="refresh_uncertain").count() == 1
+    assert len(uncertain) == 1
+
+
+def test_an_expired_token_with_an_uncertain_outcome_raises_a_clear_error():
+    company = make_company(expires_in=-10)
+    with FakeTokenEndpoint(company.client) as fake:
+        fake.fail_with("timeout")
+        with pytest.raises(RefreshFailed, match="uncertain"):
+            company.get_access_token()
+    assert ConnectedCompany.objects.get(pk=company.pk).status == "uncertain"
+
+
+def test_a_provider_that_does_not_rotate_retries_a_lost_answer_later(mocked):
+    from django_lightspeed_oauth.testing import make_client
+
+    company = make_company(make_client(provider="o-series"), expires_in=120)
+    mocked.add(responses.POST, "https://api.kounta.com/v1/token", body=requests.ReadTimeout("slow"))
+    company.get_access_token()
+    assert ConnectedCompany.objects.get(pk=company.pk).status == "failing"
 
 
 def test_expired_token_with_a_failing_refresh_raises_a_clear_error():
@@ -432,3 +476,94 @@ def test_api_session_never_sends_the_token_to_another_host(mocked):
     url = "https://api.trial.lsk.lightspeed.app/f/data/businesses?page=2"
     mocked.add(responses.GET, url, json=[])
     assert session.get(url).json() == []
+
+
+# The database's clock decides leases and back-off --------------------------------------------------
+
+
+@pytest.fixture
+def clock_ahead(monkeypatch):
+    """This process's clock an hour ahead of the database's (and of every other process's)."""
+    real = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real() + timedelta(hours=1))
+
+
+def test_a_clock_ahead_does_not_see_a_live_lease_as_over(clock_ahead):
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="someone-else", refresh_lock_until=Now() + timedelta(seconds=30)
+    )
+    taken = ConnectedCompany.objects.take_lease(
+        company.pk, version=company.token_version, lock_id="me", lease=30, force=False
+    )
+    assert not taken
+    ConnectedCompany.objects.filter(pk=company.pk).update(refresh_lock_until=Now() - timedelta(seconds=1))
+    assert ConnectedCompany.objects.take_lease(
+        company.pk, version=company.token_version, lock_id="me", lease=30, force=False
+    )
+
+
+def test_a_clock_ahead_does_not_cut_a_back_off_short(clock_ahead):
+    company = make_company(expires_in=60, status="failing")
+    ConnectedCompany.objects.filter(pk=company.pk).update(next_attempt_at=Now() + timedelta(minutes=5))
+    company.refresh_from_db()
+    with FakeTokenEndpoint(company.client) as fake:
+        assert company.refresh() == "failed"
+    assert fake.requests == []
+
+
+def test_a_clock_behind_does_not_prolong_a_back_off(monkeypatch):
+    company = make_company(expires_in=60, status="failing")
+    ConnectedCompany.objects.filter(pk=company.pk).update(next_attempt_at=Now() - timedelta(seconds=1))
+    company.refresh_from_db()
+    real = timezone.now
+    monkeypatch.setattr(timezone, "now", lambda: real() - timedelta(hours=1))
+    with FakeTokenEndpoint(company.client) as fake:
+        assert refresh(company, within=7200).outcome == "refreshed"
+    assert len(fake.requests) == 1
+
+
+def test_leases_are_written_with_the_database_clock(clock_ahead):
+    company = make_company(expires_in=60)
+    assert ConnectedCompany.objects.take_lease(
+        company.pk, version=company.token_version, lock_id="me", lease=30, force=False
+    )
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    ahead = timezone.now()
+    # 30 s after the database's now, not after this process's (an hour ahead).
+    assert timedelta(minutes=55) < ahead - stored.refresh_lock_until < timedelta(minutes=61)
+
+
+def test_a_late_write_never_turns_a_newer_outcome_back():
+    company = make_company(expires_in=60)
+    version = company.token_version
+    ConnectedCompany.objects.filter(pk=company.pk).update(status="reauthorization_required")
+    stored = ConnectedCompany.objects.store_refreshed_late(
+        company.pk, version=version, status="active", values={"access_token": "late", "refresh_token": "late"}
+    )
+    assert not stored
+    assert ConnectedCompany.objects.get(pk=company.pk).status == "reauthorization_required"
+
+
+def test_a_late_write_never_overwrites_a_live_holder():
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="other", refresh_lock_until=Now() + timedelta(seconds=30)
+    )
+    assert not ConnectedCompany.objects.store_refreshed_late(
+        company.pk, version=company.token_version, status="active", values={"access_token": "late"}
+    )
+
+
+def test_a_live_lease_is_renewed_until_the_ceiling():
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="mine", refresh_lock_until=Now() + timedelta(seconds=1), refresh_lock_started_at=Now()
+    )
+    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60, ceiling=600) == 1
+    left = ConnectedCompany.objects.get(pk=company.pk).refresh_lock_until - timezone.now()
+    assert left > timedelta(seconds=55)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_started_at=Now() - timedelta(seconds=601)
+    )
+    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60, ceiling=600) == 0

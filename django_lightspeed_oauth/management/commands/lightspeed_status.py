@@ -20,7 +20,7 @@ Status = ConnectedCompany.Status
 class Command(BaseCommand):
     help = (
         "Show connected companies per API client and status. Exits 1 when a company is "
-        "failing, has an expired token, or needs re-authorization, or when Lightspeed refused an "
+        "failing, has an expired token, has an uncertain refresh outcome, or needs re-authorization, or when Lightspeed refused an "
         "API client's credentials."
     )
 
@@ -54,6 +54,7 @@ class Command(BaseCommand):
             total=Count("companies"),
             active=Count("companies", filter=Q(companies__status=Status.ACTIVE)),
             failing=Count("companies", filter=Q(companies__status=Status.FAILING)),
+            uncertain=Count("companies", filter=Q(companies__status=Status.UNCERTAIN)),
             reauthorization=Count("companies", filter=Q(companies__status=Status.REAUTHORIZATION_REQUIRED)),
             disconnected=Count("companies", filter=Q(companies__status=Status.DISCONNECTED)),
             expiring=Count(
@@ -70,6 +71,7 @@ class Command(BaseCommand):
                 "companies": c.total,
                 "active": c.active,
                 "failing": c.failing,
+                "uncertain": c.uncertain,
                 "reauthorization_required": c.reauthorization,
                 "disconnected": c.disconnected,
                 "expiring_soon": c.expiring,
@@ -82,7 +84,11 @@ class Command(BaseCommand):
         attention = [
             r
             for r in rows
-            if r["failing"] or r["reauthorization_required"] or r["expired"] or r["credentials_refused"]
+            if r["failing"]
+            or r["uncertain"]
+            or r["reauthorization_required"]
+            or r["expired"]
+            or r["credentials_refused"]
         ]
         if options["json"]:
             self.stdout.write(json.dumps({"clients": rows, "needs_attention": bool(attention)}))
@@ -100,6 +106,7 @@ class Command(BaseCommand):
             ("expiring_soon", "EXPIRING", 9),
             ("expired", "EXPIRED", 8),
             ("failing", "FAILING", 8),
+            ("uncertain", "UNCERTAIN", 10),
             ("reauthorization_required", "REAUTH", 7),
             ("disconnected", "GONE", 5),
         ]

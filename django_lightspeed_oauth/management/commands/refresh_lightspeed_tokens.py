@@ -35,7 +35,8 @@ class _Unstyled:
 class Command(BaseCommand):
     help = (
         "Refresh the tokens of connected companies that expire soon. Exit codes: 0 all fine, "
-        "1 some refresh failed and will be retried, 2 some company needs re-authorization."
+        "1 some refresh failed and will be retried, or its outcome is uncertain (staff must act), "
+        "2 some company needs re-authorization."
     )
 
     def add_arguments(self, parser) -> None:
@@ -201,6 +202,7 @@ class Command(BaseCommand):
             ("Already fresh", summary.fresh, None),
             ("Busy (other process)", summary.busy, None),
             ("Failed, will retry", summary.failed, self.style.WARNING),
+            ("Outcome uncertain", summary.uncertain, self.style.ERROR),
             ("Needs re-authorization", summary.reauthorization_required, self.style.ERROR),
         ]
         for label, value, style in rows:
