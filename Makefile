@@ -52,7 +52,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test test-matrix dist dist-test lint format demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test faketime test-matrix dist dist-test lint format demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -66,7 +66,7 @@ $(VENV)/.installed-%: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e ".[$*]"
 	@touch $@
 
-test: $(VENV)/.installed-test $(DB_STAMP)
+test: $(VENV)/.installed-test $(DB_STAMP) faketime
 	$(if $(DJANGO_SPEC),$(PIP) install --quiet "$(DJANGO_SPEC)")
 	@echo "Database: $(if $(DATABASE_URL),$(DB_SCHEME) (from DATABASE_URL),SQLite) with Django $$($(PY) -c 'import django; print(django.get_version())')"
 	$(BIN)/pytest -m "not browser" $(PYTEST_ARGS)
@@ -137,6 +137,17 @@ lint: $(VENV)/.installed-lint
 format: $(VENV)/.installed-lint
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The clock-skew test runs a process under Debian's faketime (on PostgreSQL and MySQL).
+faketime:
+	@if ! command -v faketime >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "Installing faketime with apt-get"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null; \
+		else \
+			echo "faketime is missing: the clock-skew test needs it (Debian: apt-get install faketime)." >&2; \
+		fi; \
+	fi
 
 chromium:
 	@if [ ! -x "$(CHROMIUM)" ]; then \

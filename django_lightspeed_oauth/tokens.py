@@ -170,7 +170,8 @@ def _in_own_connection(company: ConnectedCompany, **kwargs: Any) -> RefreshResul
 
 
 def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk: int) -> int:
-    """Run one UPDATE, retrying on database errors (a busy SQLite file, a dropped connection).
+    """Run one UPDATE (or a read), retrying on database errors (a busy SQLite file, a dropped
+    connection, a restarting server).
 
     Safe because a failed statement changed nothing. Between attempts the connection is closed,
     unless a transaction is open, so that a broken connection is replaced.
@@ -214,7 +215,7 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
                 )
             time.sleep(0.05 + random.random() * 0.1)
         waited = True
-        company.refresh_from_db(fields=_REREAD_FIELDS)
+        _reread(company)
         if company.token_version == seen_version and not company.refresh_lock_id and company.next_attempt_at:
             # Nobody holds the lease and nothing changed: the database says we are backing off.
             return RefreshResult(company, FAILED, waited=True)
@@ -245,6 +246,16 @@ def _settled(
         # too. The company's tokens stay as they are until staff fix the client.
         return RefreshResult(company, FAILED, error=_client_refused_error(company.client), waited=waited)
     return None
+
+
+def _reread(company: ConnectedCompany) -> None:
+    """Read the row again; a dropped connection (a database restart) is retried, as reads may be."""
+
+    def read() -> int:
+        company.refresh_from_db(fields=_REREAD_FIELDS)
+        return 1
+
+    _retrying(read, seconds=float(app_settings.LOCK_TIMEOUT) / 2, what="re-reading", company_pk=company.pk)
 
 
 def _take_lease(company: ConnectedCompany, lock_id: str, force: bool) -> bool:

@@ -32,6 +32,8 @@ import pytest
 
 from django_lightspeed_oauth.testing import TokenServer, fingerprint
 
+from .tcp_proxy import TcpProxy
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 3  # seconds; the killed-refresher test waits this long for the lease to end
 LATENCY = 0.3  # seconds the token server takes: long enough for every process to collide
@@ -51,9 +53,9 @@ class SharedDatabase:
     barrier_dir: Path
     procs: list[subprocess.Popen] = field(default_factory=list)
 
-    def spawn(self, *args: str, **extra_env: str) -> subprocess.Popen:
+    def spawn(self, *args: str, prefix: tuple[str, ...] = (), **extra_env: str) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.test_concurrency", *args],
+            [*prefix, sys.executable, "-m", "tests.test_concurrency", *args],
             cwd=ROOT,
             env={**self.env, **extra_env},
             stdout=subprocess.PIPE,
@@ -286,6 +288,177 @@ def test_killed_refresher_blocks_only_for_the_lease(shared_db, server):
     assert server.stats()["dropped"] == 1
 
 
+def _wait_for(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _database_is_a_server() -> bool:
+    from django.conf import settings
+
+    return not settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+
+
+def _faketime(offset: str) -> tuple[str, ...]:
+    """A prefix running a command with the C library's clock moved by ``offset`` (Debian's
+    faketime; ``make test`` installs it where it can)."""
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        pytest.fail("faketime is missing: apt-get install faketime (make test does it as root)")
+    return (faketime, "-f", offset)
+
+
+def test_a_process_whose_clock_runs_ahead_waits_for_a_live_refresher(shared_db, server):
+    """A refresher waits for a slow token endpoint (longer than the lease, which it renews); a
+    process whose clock is an hour ahead asks meanwhile: it must not take the lease over."""
+    seeded = shared_db.seed(server, expires_in=60)
+    pk = str(seeded["pk"])
+    server.latency = LOCK_TIMEOUT + 1.5
+    first = shared_db.spawn("refresh", pk)
+    _wait_for(lambda: server.stats()["in_flight"] == 1, "the first refresh to reach the server")
+    time.sleep(LOCK_TIMEOUT / 2)
+    # The database's clock decides; where the database is a server, skew the whole C library.
+    prefix = _faketime("+1h") if _database_is_a_server() else ()
+    skewed = shared_db.spawn("get-token", pk, prefix=prefix, LS_SKEW_SECONDS="3600")
+
+    done, late = finish(first), finish(skewed)
+    state = shared_db.state(int(pk))
+
+    assert done["outcome"] == "refreshed"
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], {done["token"], late["token"]})
+    assert late["refreshed_here"] == 0
+
+
+def test_a_dripping_answer_keeps_its_lease(shared_db, server):
+    """The token endpoint rotates at once and sends its answer over twice the lease, a few bytes
+    at a time; three processes ask meanwhile: one refresh request, the connection kept."""
+    seeded = shared_db.seed(server, expires_in=60)
+    pk = str(seeded["pk"])
+    server.latency = 0
+    server.drip = 2 * LOCK_TIMEOUT
+    first = shared_db.spawn("refresh", pk)
+    _wait_for(lambda: server.stats()["requests"] == 1, "the refresh to reach the server")
+    time.sleep(LOCK_TIMEOUT + 0.5)  # past the first lease: only its renewal keeps it
+    others = [shared_db.spawn("get-token", pk) for _ in range(3)]
+
+    done = finish(first, timeout=60)
+    tokens = {finish(proc, timeout=60)["token"] for proc in others}
+    state = shared_db.state(int(pk))
+
+    assert done["outcome"] == "refreshed"
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], tokens | {done["token"]})
+
+
+def test_a_frozen_refresher_is_taken_over_and_does_not_overwrite_when_it_wakes(shared_db, server):
+    """SIGSTOP a refresher past its lease: another process refreshes within the bound; the frozen
+    one, resumed, finds a newer outcome and leaves it alone."""
+    seeded = shared_db.seed(server, expires_in=-5)
+    pk = str(seeded["pk"])
+    server.hang = True
+    frozen = shared_db.spawn("refresh", pk)
+    _wait_for(lambda: server.stats()["hung"] == 1, "the refresher to reach the server")
+    frozen.send_signal(signal.SIGSTOP)
+    server.hang = False  # its request is dropped unanswered: that refresh token was not spent
+    try:
+        started = time.monotonic()
+        survivor = shared_db.run("refresh", pk, timeout=LOCK_TIMEOUT + 30)
+        took = time.monotonic() - started
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    woken = finish(frozen)
+    state = shared_db.state(int(pk))
+
+    assert survivor["outcome"] == "refreshed" and survivor["waited"] is True
+    assert took <= LOCK_TIMEOUT + 5, took
+    assert woken["outcome"] == "fresh"  # it found the survivor's outcome and kept it
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], {survivor["token"]})
+
+
+@pytest.fixture
+def database_proxy():
+    from django.db import connection
+
+    if not _database_is_a_server():
+        yield None
+        return
+    settings = connection.settings_dict
+    proxy = TcpProxy(settings["HOST"] or "127.0.0.1", int(settings["PORT"] or _default_port()))
+    yield proxy
+    proxy.close()
+
+
+def _default_port() -> int:
+    from django.db import connection
+
+    return 5432 if connection.vendor == "postgresql" else 3306
+
+
+def _block_writes(shared_db, database_proxy):
+    """Refuse the workers' database for a while: cut the proxy (a server database going away) or
+    hold SQLite's write lock (a busy file)."""
+    if database_proxy is not None:
+        database_proxy.cut()
+        return database_proxy.restore
+    import sqlite3
+
+    blocker = sqlite3.connect(shared_db.env["LS_DB_NAME"], timeout=0, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+
+    def release() -> None:
+        blocker.execute("COMMIT")
+        blocker.close()
+
+    return release
+
+
+def test_the_database_refusing_us_after_the_token_answer_loses_no_token(shared_db, server, database_proxy):
+    """Right after the token endpoint rotated the token, the database refuses the refresher for
+    twice the lease (a restart, a failover, a locked file). Others asking meanwhile give up with an
+    error, never a second request; when the database is back the new tokens are stored, the
+    status is not turned back, and the next caller gets the token."""
+    seeded = shared_db.seed(server, expires_in=-5)
+    pk = str(seeded["pk"])
+    env = {"LS_DB_PORT": str(database_proxy.port)} if database_proxy else {}
+    server.latency = 1.0
+    command = shared_db.spawn("command", pk, **env)
+    _wait_for(lambda: server.stats()["in_flight"] == 1, "the refresh to reach the server")
+    release = _block_writes(shared_db, database_proxy)
+    try:
+        _wait_for(lambda: server.stats()["refreshes"] == 1, "the token answer")
+        meanwhile = [shared_db.spawn("refresh", pk, **env) for _ in range(2)]
+        time.sleep(2 * LOCK_TIMEOUT)
+    finally:
+        release()
+    summary = finish(command, timeout=60)
+    for proc in meanwhile:
+        proc.communicate(timeout=60)  # they may fail: nobody may send a second request
+    later = shared_db.run("get-token", pk)
+    state = shared_db.state(int(pk))
+
+    assert summary["refreshed"] == 1 and summary["exit_code"] == 0, summary
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], {later["token"]})
+
+
+def test_a_database_restart_while_refreshes_are_in_flight_loses_nothing(shared_db, server, database_proxy):
+    """Every connection to the database drops (a restart) while four processes refresh."""
+    seeded = shared_db.seed(server, expires_in=-5)
+    pk = str(seeded["pk"])
+    env = {"LS_DB_PORT": str(database_proxy.port)} if database_proxy else {}
+    server.latency = 1.0
+    callers = [shared_db.spawn("get-token", pk, "--barrier", **env) for _ in range(4)]
+    shared_db.release(len(callers))
+    _wait_for(lambda: server.stats()["in_flight"] == 1, "the refresh to reach the server")
+    release = _block_writes(shared_db, database_proxy)
+    time.sleep(0.5)
+    release()
+    results = [finish(proc, timeout=60) for proc in callers]
+    state = shared_db.state(int(pk))
+
+    assert_one_clean_refresh(server, state, seeded["refresh_token"], {r["token"] for r in results})
+
+
 def test_token_server_command_line():
     """The server runs as its own process too (for other machines, benchmarks, other tools)."""
     import requests
@@ -346,6 +519,11 @@ def _setup_django() -> None:
     if name:
         settings.DATABASES["default"]["NAME"] = name
         settings.DATABASES["default"].pop("TEST", None)
+    if os.environ.get("LS_DB_PORT"):  # through the test's proxy, which it can cut
+        settings.DATABASES["default"]["HOST"] = "127.0.0.1"
+        settings.DATABASES["default"]["PORT"] = os.environ["LS_DB_PORT"]
+    if os.environ.get("LS_SKEW_SECONDS"):
+        _skew_clock(float(os.environ["LS_SKEW_SECONDS"]))
     overrides: dict[str, Any] = {}
     if os.environ.get("LS_LOCK_TIMEOUT"):
         overrides["LOCK_TIMEOUT"] = float(os.environ["LS_LOCK_TIMEOUT"])
@@ -357,6 +535,17 @@ def _setup_django() -> None:
         _sabotage()
     if os.environ.get("LS_FAIL_TOKEN_WRITE"):
         _fail_first_token_write()
+
+
+def _skew_clock(seconds: float) -> None:
+    """This process's idea of the time runs ``seconds`` ahead (faketime does the same for the C
+    library; this also works where the database's clock is this process's, as with SQLite)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    real = timezone.now
+    timezone.now = lambda: real() + timedelta(seconds=seconds)
 
 
 def _sabotage() -> None:

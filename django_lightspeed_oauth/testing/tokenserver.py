@@ -108,7 +108,9 @@ class _Handler(BaseHTTPRequestHandler):
                 params.update(parse_qsl(body))
         return params
 
-    def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, payload: Any, headers: dict[str, str] | None = None, drip: float = 0.0
+    ) -> None:
         body = json.dumps(payload).encode()
         self.send_response(status)
         for name, value in (headers or {}).items():
@@ -117,7 +119,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if drip <= 0:
+            self.wfile.write(body)
+            return
+        # A slow proxy or an overloaded server: the answer comes in small pieces over `drip` s.
+        pieces = [body[i : i + 8] for i in range(0, len(body), 8)]
+        for piece in pieces:
+            self.wfile.write(piece)
+            self.wfile.flush()
+            time.sleep(drip / len(pieces))
 
     # Routes -----------------------------------------------------------------------------------
 
@@ -142,7 +152,8 @@ class _Handler(BaseHTTPRequestHandler):
             if answer is None:  # hung, then dropped: close without a word
                 self.close_connection = True
                 return
-            self._send(*answer)
+            status, payload, *headers = answer
+            self._send(status, payload, headers[0] if headers else None, drip=owner.drip)
         elif path == "/seed":
             token = str(params.get("refresh_token") or "")
             if not token:
@@ -157,6 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.latency = float(params["latency_ms"]) / 1000
             if "expires_in" in params:
                 owner.expires_in = int(params["expires_in"])
+            if "drip" in params:
+                owner.drip = float(params["drip"])
             if "fail_status" in params:
                 owner.fail_status = int(params["fail_status"] or 0) or None
             self._send(200, owner.stats())
@@ -192,6 +205,9 @@ class TokenServer:
         #: ``retry_after`` seconds, and use no token
         self.fail_status: int | None = None
         self.retry_after = 120
+        #: seconds over which each token answer's body is sent, a few bytes at a time (the tokens
+        #: are rotated at once, before the first byte goes out)
+        self.drip = 0.0
         self._lock = threading.Lock()
         self._unhung = threading.Condition(self._lock)
         self._hang = False
