@@ -364,8 +364,6 @@ class ConnectedCompany(models.Model):
         #: Lightspeed may have rotated the refresh token. Not retried on a timer; see README.
         UNCERTAIN = "uncertain", _("Refresh outcome uncertain")
 
-    objects = ConnectedCompanyQuerySet.as_manager()
-
     client = models.ForeignKey(
         ApiClient, on_delete=models.PROTECT, related_name="companies", verbose_name=_("API client")
     )
@@ -412,6 +410,8 @@ class ConnectedCompany(models.Model):
     refresh_lock_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
+
+    objects = ConnectedCompanyQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("connected company")

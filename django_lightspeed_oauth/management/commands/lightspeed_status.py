@@ -20,8 +20,8 @@ Status = ConnectedCompany.Status
 class Command(BaseCommand):
     help = (
         "Show connected companies per API client and status. Exits 1 when a company is "
-        "failing, has an expired token, has an uncertain refresh outcome, or needs re-authorization, or when Lightspeed refused an "
-        "API client's credentials."
+        "failing, has an expired token, has an uncertain refresh outcome, or needs "
+        "re-authorization, or when Lightspeed refused an API client's credentials."
     )
 
     def add_arguments(self, parser) -> None:
