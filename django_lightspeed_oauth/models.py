@@ -242,12 +242,22 @@ class ApiClient(models.Model):
 
 
 def _lock_free() -> Q:
-    # Judged by the database's clock, in the statement that takes the lock: no app server's clock.
-    return Q(refresh_lock_id="") | Q(refresh_lock_until__lt=Now()) | Q(refresh_lock_until=None)
+    # A lease nobody holds. A lease that ran out is not free: it is taken over in two steps
+    # (mark_expired_lease, then take_over_lease), so that a live refresher that was only held up
+    # by the database can store its answer first.
+    return Q(refresh_lock_id="") | Q(refresh_lock_until=None)
 
 
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=float(value))
+
+
+def _leased(lock_id: str, lease: float) -> dict[str, Any]:
+    return {
+        "refresh_lock_id": lock_id,
+        "refresh_lock_until": Now() + _seconds(lease),
+        "refresh_lock_started_at": Now(),
+    }
 
 
 class ConnectedCompanyQuerySet(models.QuerySet):
@@ -268,12 +278,37 @@ class ConnectedCompanyQuerySet(models.QuerySet):
             # The back-off is part of the condition: a failure recorded since we read the row
             # stops us too.
             query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        return bool(query.update(**_leased(lock_id, lease)))
+
+    def mark_expired_lease(self, pk: int, *, version: int, holder: str) -> bool:
+        """Note that ``holder``'s lease ran out (database clock): its renewals stop counting, and
+        after a grace period another refresher may take over (:meth:`take_over_lease`)."""
         return bool(
-            query.update(
-                refresh_lock_id=lock_id,
-                refresh_lock_until=Now() + _seconds(lease),
-                refresh_lock_started_at=Now(),
-            )
+            self.filter(
+                pk=pk,
+                token_version=version,
+                refresh_lock_id=holder,
+                refresh_lock_until__lt=Now(),
+                refresh_lock_started_at__isnull=False,
+            ).update(refresh_lock_until=Now(), refresh_lock_started_at=None)
+        )
+
+    def take_over_lease(
+        self, pk: int, *, version: int, holder: str, lock_id: str, lease: float, grace: float
+    ) -> bool:
+        """Take a lease marked as run out at least ``grace`` seconds ago, if nothing changed since.
+
+        The grace lets a refresher that is alive but was held up by the database (a restart, a
+        locked file) store its answer before anyone spends the old refresh token again.
+        """
+        return bool(
+            self.filter(
+                pk=pk,
+                token_version=version,
+                refresh_lock_id=holder,
+                refresh_lock_started_at__isnull=True,
+                refresh_lock_until__lt=Now() - _seconds(grace),
+            ).update(**_leased(lock_id, lease))
         )
 
     def renew_leases(self, lock_ids: list[str], *, lease: float, ceiling: float) -> int:
@@ -289,9 +324,10 @@ class ConnectedCompanyQuerySet(models.QuerySet):
     def store_refreshed_late(self, pk: int, *, version: int, status: str, values: dict[str, Any]) -> bool:
         """A refresher whose lease ran out stores its tokens, only if nothing happened meanwhile:
         same tokens, same status, and nobody holding a live lease. A newer outcome always wins."""
+        nobody_else = _lock_free() | Q(refresh_lock_until__lt=Now())
         return bool(
             self.filter(pk=pk, token_version=version, status=status)
-            .filter(_lock_free())
+            .filter(nobody_else)
             .update(**values, **_STORED)
         )
 
@@ -336,6 +372,38 @@ class ConnectedCompanyQuerySet(models.QuerySet):
 
     def release_lease(self, pk: int, *, lock_id: str, **values: Any) -> bool:
         return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**values, **_RELEASED))
+
+    def store_grant(
+        self,
+        client: ApiClient,
+        company_id: str,
+        *,
+        previous_ids: tuple[str, ...],
+        values: dict[str, Any],
+        details: dict[str, Any],
+    ) -> tuple[ConnectedCompany, bool]:
+        """A new grant from the authorization flow: create the company, or give the existing row
+        (one per client and company id; or one stored under a ``previous_ids`` id, adopted) the new
+        tokens, whatever its state. Runs inside the caller's transaction, with the row locked."""
+        locked = self.select_for_update()
+        company = locked.filter(client=client, company_id=company_id).first()
+        if company is None and previous_ids:
+            company = locked.filter(client=client, company_id__in=previous_ids).first()
+        created = company is None
+        if company is None:
+            company = ConnectedCompany(client=client)
+        company.company_id = company_id
+        for name, value in {**values, **_NEW_GRANT}.items():
+            setattr(company, name, value)
+        company.connected_at = timezone.now()
+        kept = {k: v for k, v in (company.details or {}).items() if k != "identity_warning"}
+        company.details = {**kept, **details}
+        if created:
+            company.save()
+        else:
+            company.token_version += 1
+            company.save(update_fields=[f.name for f in company._meta.concrete_fields if not f.primary_key])
+        return company, created
 
     def disconnect(self, pk: int) -> bool:
         return bool(
@@ -664,4 +732,15 @@ _STORED: dict[str, Any] = {
     "next_attempt_at": None,
     "token_version": F("token_version") + 1,
     "last_refreshed_at": Now(),
+}
+#: What a new grant resets: whatever the company's state was, it starts again.
+_NEW_GRANT: dict[str, Any] = {
+    "status": ConnectedCompany.Status.ACTIVE,
+    "last_refreshed_at": None,
+    "failure_count": 0,
+    "last_error": "",
+    "next_attempt_at": None,
+    "refresh_lock_id": "",
+    "refresh_lock_until": None,
+    "refresh_lock_started_at": None,
 }

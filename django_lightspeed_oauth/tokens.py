@@ -195,7 +195,8 @@ def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk
 
 def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wait: bool) -> RefreshResult:
     """Take the lease and refresh, or wait for whoever holds it and use their token."""
-    deadline = time.monotonic() + float(app_settings.LOCK_TIMEOUT) + 5
+    grace = leases.renew_interval()
+    deadline = time.monotonic() + float(app_settings.LOCK_TIMEOUT) + grace + 5
     seen_version = company.token_version
     waited = False
     while True:
@@ -203,7 +204,7 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
         if settled is not None:
             return settled
         lock_id = uuid.uuid4().hex
-        if _take_lease(company, lock_id, force):
+        if _take_lease(company, lock_id, force, grace):
             return _refresh_locked(company, lock_id, waited)
         # Someone else holds the lease, or refreshed since we read the row.
         if waited:
@@ -258,16 +259,26 @@ def _reread(company: ConnectedCompany) -> None:
     _retrying(read, seconds=float(app_settings.LOCK_TIMEOUT) / 2, what="re-reading", company_pk=company.pk)
 
 
-def _take_lease(company: ConnectedCompany, lock_id: str, force: bool) -> bool:
-    lock_timeout = float(app_settings.LOCK_TIMEOUT)
-    return _retrying(
-        lambda: ConnectedCompany.objects.take_lease(
-            company.pk, version=company.token_version, lock_id=lock_id, lease=lock_timeout, force=force
-        ),
-        seconds=lock_timeout / 2,
-        what="taking the refresh lock",
-        company_pk=company.pk,
-    )
+def _take_lease(company: ConnectedCompany, lock_id: str, force: bool, grace: float) -> bool:
+    """Take a free lease; or one whose holder stopped renewing it (dead, frozen), in two steps."""
+    manager = ConnectedCompany.objects
+    lease = float(app_settings.LOCK_TIMEOUT)
+    version = company.token_version
+
+    def take() -> int:
+        if manager.take_lease(company.pk, version=version, lock_id=lock_id, lease=lease, force=force):
+            return 1
+        holder = company.refresh_lock_id
+        if not holder or holder == lock_id:
+            return 0
+        # Both statements are writes: a database that refuses us now cannot start the grace
+        # period, so a refresher it held up gets the first chance to store once it is back.
+        manager.mark_expired_lease(company.pk, version=version, holder=holder)
+        return manager.take_over_lease(
+            company.pk, version=version, holder=holder, lock_id=lock_id, lease=lease, grace=grace
+        )
+
+    return bool(_retrying(take, seconds=lease / 2, what="taking the refresh lock", company_pk=company.pk))
 
 
 def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> RefreshResult:

@@ -508,64 +508,31 @@ class CallbackView(FlowViewMixin, View):
     ) -> tuple[ConnectedCompany, bool]:
         """Create or update the company (one row per client and company id) and log it."""
         client = auth_request.client
-        now = timezone.now()
         details = {**context, **identity.extra}
         if identity.warning:
             details["identity_warning"] = identity.warning
         values = dict(
             name=identity.name[:255],
-            status=ConnectedCompany.Status.ACTIVE,
             access_token=tokens.access_token,
             refresh_token=tokens.refresh_token or "",
             token_type=tokens.token_type[:32],
             granted_scopes=tokens.scope[:1000],
             expires_at=tokens.expires_at,
             refresh_expires_at=tokens.refresh_expires_at,
-            connected_at=now,
             connected_by=auth_request.created_by,
-            last_refreshed_at=None,
-            failure_count=0,
-            last_error="",
-            next_attempt_at=None,
-            refresh_lock_id="",
-            refresh_lock_until=None,
         )
         if auth_request.reference:
             values["reference"] = auth_request.reference
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    company = (
-                        ConnectedCompany.objects.select_for_update()
-                        .filter(client=client, company_id=identity.company_id)
-                        .first()
+                    company, created = ConnectedCompany.objects.store_grant(
+                        client,
+                        identity.company_id,
+                        previous_ids=identity.previous_ids,
+                        values=values,
+                        details=details,
                     )
-                    if company is None and identity.previous_ids:
-                        # Stored under an older id (an X-Series store keyed by its prefix): adopt it.
-                        company = (
-                            ConnectedCompany.objects.select_for_update()
-                            .filter(client=client, company_id__in=identity.previous_ids)
-                            .first()
-                        )
-                        if company is not None:
-                            company.company_id = identity.company_id
-                    created = company is None
-                    if created:
-                        company = ConnectedCompany(client=client, company_id=identity.company_id)
-                    for name, value in values.items():
-                        setattr(company, name, value)
-                    company.details = {
-                        **{k: v for k, v in (company.details or {}).items() if k != "identity_warning"},
-                        **details,
-                    }
-                    if created:
-                        company.save()
-                    else:
-                        # A new grant: every field, token state included (the row is locked).
-                        company.token_version += 1
-                        company.save(
-                            update_fields=[f.name for f in company._meta.concrete_fields if not f.primary_key]
-                        )
                     AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
                         outcome=AuthorizationRequest.Outcome.CONNECTED,
                         company=company,

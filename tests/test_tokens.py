@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -323,14 +324,19 @@ def test_a_held_lock_makes_others_wait_and_use_the_winners_token(settings):
     assert fake.refresh_count == 0
 
 
-def test_an_expired_lease_is_taken_over():
+def test_an_expired_lease_is_taken_over_after_one_renewal_interval(settings):
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "LOCK_TIMEOUT": 3, "LOCK_RENEW_INTERVAL": 0.3}
     company = make_company(expires_in=60)
     ConnectedCompany.objects.filter(pk=company.pk).update(
-        refresh_lock_id="crashed", refresh_lock_until=timezone.now() - timedelta(seconds=1)
+        refresh_lock_id="crashed",
+        refresh_lock_until=Now() - timedelta(seconds=1),
+        refresh_lock_started_at=Now() - timedelta(seconds=4),
     )
+    started = time.monotonic()
     with FakeTokenEndpoint(company.client) as fake:
         assert company.refresh() == "refreshed"
     assert fake.refresh_count == 1
+    assert time.monotonic() - started >= 0.3  # the grace a held-up (not dead) holder gets
 
 
 def test_api_session_sends_the_bearer_token_and_retries_once_after_401(mocked):
@@ -497,10 +503,21 @@ def test_a_clock_ahead_does_not_see_a_live_lease_as_over(clock_ahead):
         company.pk, version=company.token_version, lock_id="me", lease=30, force=False
     )
     assert not taken
-    ConnectedCompany.objects.filter(pk=company.pk).update(refresh_lock_until=Now() - timedelta(seconds=1))
-    assert ConnectedCompany.objects.take_lease(
-        company.pk, version=company.token_version, lock_id="me", lease=30, force=False
+    assert not ConnectedCompany.objects.mark_expired_lease(company.pk, version=0, holder="someone-else")
+
+
+def test_a_lease_that_ran_out_is_taken_over_only_after_a_grace_period(clock_ahead):
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(
+        refresh_lock_id="gone", refresh_lock_until=Now() - timedelta(seconds=1), refresh_lock_started_at=Now()
     )
+    manager = ConnectedCompany.objects
+    assert not manager.take_lease(company.pk, version=0, lock_id="me", lease=30, force=False)
+    assert manager.mark_expired_lease(company.pk, version=0, holder="gone")
+    # Marked just now (database clock): a refresher held up by the database may still store.
+    assert not manager.take_over_lease(company.pk, version=0, holder="gone", lock_id="me", lease=30, grace=30)
+    assert manager.take_over_lease(company.pk, version=0, holder="gone", lock_id="me", lease=30, grace=0)
+    assert manager.get(pk=company.pk).refresh_lock_id == "me"
 
 
 def test_a_clock_ahead_does_not_cut_a_back_off_short(clock_ahead):
