@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("lightspeed_oauth", "0002_client_credentials_refusal_and_business_choice"),
+        ("lightspeed_oauth", "0003_connections_overview"),
     ]
 
     operations = [
