@@ -13,6 +13,7 @@
 #                           and check the wheel holds exactly the package
 #   make dist-test          install the wheel in a fresh virtualenv and run the sdist's tests against it
 #   make lint               ruff check and ruff format --check (the pinned ruff, in the virtualenv)
+#   make typecheck          mypy with django-stubs on the package (settings in pyproject.toml)
 #   make format             ruff format and the safe ruff fixes
 #   make benchmark          run benchmarks/refresh.py
 #   make clean              remove the virtualenv, caches, artifacts and the demo database
@@ -52,7 +53,7 @@ DB_EXTRA :=
 endif
 DB_STAMP := $(if $(DB_EXTRA),$(VENV)/.installed-$(DB_EXTRA))
 
-.PHONY: help test faketime test-matrix dist dist-test lint format demo browser-test screenshots chromium migrations-check benchmark clean
+.PHONY: help test faketime test-matrix dist dist-test lint typecheck format demo browser-test screenshots chromium migrations-check benchmark clean
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -133,6 +134,9 @@ dist-test: dist
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-test $(VENV)/.installed-typecheck
+	$(BIN)/mypy
 
 format: $(VENV)/.installed-lint
 	$(BIN)/ruff check --fix .

@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import django
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, Q, QuerySet
@@ -22,6 +23,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
+from django.utils.functional import Promise
 from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
@@ -91,6 +93,11 @@ def _can_connect(request: HttpRequest) -> bool:
 
 
 # API clients --------------------------------------------------------------------------------
+
+
+def _annotated(obj: models.Model, name: str) -> int:
+    """A count the changelist's queryset annotated onto ``obj``."""
+    return int(getattr(obj, name))
 
 
 class ProviderFilter(admin.SimpleListFilter):
@@ -220,7 +227,7 @@ class ApiClientAdmin(admin.ModelAdmin):
     def _companies_link(self, obj: ApiClient, count: int, status: str | None) -> str:
         if not count:
             return "0"
-        query = {"client__id__exact": obj.pk}
+        query: dict[str, Any] = {"client__id__exact": obj.pk}
         if status:
             query["status__exact"] = status
         url = reverse("admin:lightspeed_oauth_connectedcompany_changelist")
@@ -229,25 +236,27 @@ class ApiClientAdmin(admin.ModelAdmin):
     @admin.display(description=_("connected"), ordering="connected_count")
     def connected_count(self, obj: ApiClient) -> int:
         # Every company but the disconnected ones (no single list filter shows that, so no link).
-        return obj.connected_count
+        return _annotated(obj, "connected_count")
 
     @admin.display(description=_("active companies"), ordering="active_count")
     def active_count(self, obj: ApiClient) -> str:
-        return self._companies_link(obj, obj.active_count, Status.ACTIVE)
+        return self._companies_link(obj, _annotated(obj, "active_count"), Status.ACTIVE)
 
     @admin.display(description=_("failing"), ordering="failing_count")
     def failing_count(self, obj: ApiClient) -> str:
-        return self._companies_link(obj, obj.failing_count, Status.FAILING)
+        return self._companies_link(obj, _annotated(obj, "failing_count"), Status.FAILING)
 
     @admin.display(description=_("re-authorization required"), ordering="reauthorization_count")
     def reauthorization_count(self, obj: ApiClient) -> str:
-        return self._companies_link(obj, obj.reauthorization_count, Status.REAUTHORIZATION_REQUIRED)
+        return self._companies_link(
+            obj, _annotated(obj, "reauthorization_count"), Status.REAUTHORIZATION_REQUIRED
+        )
 
     @admin.display(description=_("credentials"), ordering="credentials_refused_at")
     def credentials_state(self, obj: ApiClient) -> str:
         if obj.credentials_refused_at:
             return format_html('<strong style="color:#ba2121">{}</strong>', _("refused by Lightspeed"))
-        return _("ok")
+        return str(_("ok"))
 
     # Read-only fields -----------------------------------------------------------------------
 
@@ -263,12 +272,12 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("stored secret"))
     def client_secret_fingerprint(self, obj: ApiClient) -> str:
-        return obj.client_secret_fingerprint or _("(none)")
+        return obj.client_secret_fingerprint or str(_("(none)"))
 
     @admin.display(description=_("Redirect URI to register"))
     def redirect_uri_to_register(self, obj: ApiClient) -> str:
         url = getattr(obj, "_admin_callback_url", "") or reverse("lightspeed_oauth:callback")
-        hint = ""
+        hint: str | Promise = ""
         if obj.redirect_uri and obj.redirect_uri != url:
             hint = _(
                 "The redirect URI above is different: Lightspeed sends merchants back only "
@@ -290,7 +299,7 @@ class ApiClientAdmin(admin.ModelAdmin):
     @admin.display(description=_("provider notes"))
     def provider_notes(self, obj: ApiClient) -> str:
         cls = provider_classes().get(obj.provider)
-        return cls.notes if cls else _("Unknown provider.")
+        return cls.notes if cls else str(_("Unknown provider."))
 
     # Invitation links -------------------------------------------------------------------------
 
@@ -319,7 +328,14 @@ class ApiClientAdmin(admin.ModelAdmin):
         """Create a signed link a merchant can open, without a login, to connect."""
         client = self.get_object(request, object_id)
         if client is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
+            # What ModelAdmin's own views do (its helper for it is private): Django's message, whose
+            # translations Django ships, and the admin index.
+            msg = _("%(name)s with ID “%(key)s” doesn’t exist. Perhaps it was deleted?") % {  # noqa: RUF001
+                "name": self.opts.verbose_name,
+                "key": unquote(object_id),
+            }
+            self.message_user(request, msg, messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:index", current_app=self.admin_site.name))
         if not (self.has_view_or_change_permission(request, client) and _can_connect(request)):
             raise PermissionDenied
         invitation_url = expires_at = None
@@ -382,8 +398,7 @@ class TokenEventFormSet(BaseInlineFormSet):
 class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
     model = TokenEvent
     formset = TokenEventFormSet
-    fields = ["created_at", "kind", "message", "actor", "details"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "kind", "message", "actor", "details")
     ordering = ["-created_at", "-pk"]
     extra = 0
     max_num = 0
@@ -638,7 +653,7 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("history"))
     def token_events_link(self, obj: ConnectedCompany) -> str:
-        if obj.pk is None:
+        if obj._state.adding:  # not saved yet: no history
             return ""
         url = reverse("admin:lightspeed_oauth_tokenevent_changelist")
         return format_html(
@@ -769,7 +784,7 @@ class AuthorizationRequestAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ["client", "created_by", "company"]
     # Never state or code_verifier: the state only cut short, the verifier not at all.
-    fields = [
+    fields = readonly_fields = (
         "client",
         "short_state",
         "created_by",
@@ -782,8 +797,7 @@ class AuthorizationRequestAdmin(ReadOnlyAdmin):
         "outcome",
         "error",
         "company",
-    ]
-    readonly_fields = fields
+    )
 
     @admin.display(description=_("state"))
     def short_state(self, obj: AuthorizationRequest) -> str:
@@ -797,8 +811,7 @@ class TokenEventAdmin(ReadOnlyAdmin):
     search_fields = ["company__name", "company__company_id", "message"]
     date_hierarchy = "created_at"
     list_select_related = ["company", "company__client", "actor"]
-    fields = ["created_at", "company", "kind", "message", "actor", "details"]
-    readonly_fields = fields
+    fields = readonly_fields = ("created_at", "company", "kind", "message", "actor", "details")
 
     @admin.display(description=_("API client"), ordering="company__client__name")
     def client(self, obj: TokenEvent) -> str:

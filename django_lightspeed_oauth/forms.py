@@ -67,7 +67,7 @@ class ApiClientAdminForm(forms.ModelForm):
         environment = self.fields.get("environment")
         sandbox = ApiClient.Environment.SANDBOX
         if (
-            environment is not None
+            isinstance(environment, forms.ChoiceField)
             and not apps.is_installed("django_lightspeed_oauth.sandbox")
             and self.instance.environment != sandbox
         ):
@@ -91,7 +91,8 @@ class ApiClientAdminForm(forms.ModelForm):
     DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url", "provider_options")
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         # Compared with the stored values (the instance is updated only after clean()).
         changed = [
             name
@@ -145,7 +146,7 @@ class ApiClientAdminForm(forms.ModelForm):
             client.client_secret = secret
         if commit:
             client.save()
-            self._save_m2m()
+            self.save_m2m()  # public once save(commit=False) has run
         return client
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.core import signing
@@ -386,9 +386,11 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         (one per client and company id; or one stored under a ``previous_ids`` id, adopted) the new
         tokens, whatever its state. Runs inside the caller's transaction, with the row locked."""
         locked = self.select_for_update()
-        company = locked.filter(client=client, company_id=company_id).first()
+        company = cast("ConnectedCompany | None", locked.filter(client=client, company_id=company_id).first())
         if company is None and previous_ids:
-            company = locked.filter(client=client, company_id__in=previous_ids).first()
+            company = cast(
+                "ConnectedCompany | None", locked.filter(client=client, company_id__in=previous_ids).first()
+            )
         created = company is None
         if company is None:
             company = ConnectedCompany(client=client)

@@ -88,7 +88,7 @@ class _Session(requests.Session):
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}" if self._per_host else parts.scheme
-        settings = self._environment.get(key)
+        settings: Any = self._environment.get(key)
         if settings is None:
             if len(self._environment) >= self._MAX_HOSTS:
                 self._environment.clear()
@@ -152,11 +152,8 @@ def _retry_after(response: requests.Response) -> float | None:
     except ValueError:
         pass
     try:
-        # Python 3.10+ raises ValueError on a value that is not a date, older ones return None.
-        parsed = email.utils.parsedate_to_datetime(value)
+        parsed = email.utils.parsedate_to_datetime(value)  # ValueError on a value that is not a date
     except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
         return None
     return max(0.0, parsed.timestamp() - time.time())
 

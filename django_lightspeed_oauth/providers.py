@@ -426,9 +426,9 @@ class Provider:
             expires_in = _seconds(payload.get(self.expires_in_key))
             if expires_in is not None:
                 expires_at = now + timedelta(seconds=expires_in)
-            elif _seconds(payload.get("expires")) is not None:
+            elif (expires := _seconds(payload.get("expires"))) is not None:
                 # Retail X-Series also sends an absolute epoch time.
-                expires_at = datetime.fromtimestamp(_seconds(payload["expires"]), UTC)
+                expires_at = datetime.fromtimestamp(expires, UTC)
             refresh_expires_in = _seconds(payload.get("refresh_expires_in"))
             if refresh_expires_in:
                 refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
@@ -726,7 +726,12 @@ class RetailXProvider(Provider):
             )
         data = payload.get("data") if isinstance(payload, Mapping) else None
         retailer_id = data.get("id") if isinstance(data, Mapping) else None
-        if not isinstance(retailer_id, str) or not retailer_id or len(retailer_id) > 255:
+        if (
+            not isinstance(data, Mapping)
+            or not isinstance(retailer_id, str)
+            or not retailer_id
+            or len(retailer_id) > 255
+        ):
             raise IdentityError("The Retail X-Series retailer answer has no 'data.id'.")
         current = data.get("domain_prefix")
         if not isinstance(current, str) or not URL_PLACEHOLDER_VALUE.match(current):

@@ -103,7 +103,10 @@ def _in_transaction(company: ConnectedCompany) -> bool:
     connection = connections[alias]
     if not connection.in_atomic_block:
         return False
-    # Django marks the atomic blocks TestCase opens, as atomic(durable=True) also relies on.
+    # Django marks the atomic blocks TestCase opens with the private ``_from_testcase``, which its
+    # atomic(durable=True) relies on too; no public API tells them apart. Without it, every refresh
+    # inside a TestCase (a site's tests) would take the in-transaction path.
+    # tests/test_django_internals.py breaks if Django stops marking them.
     return not all(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
 
 
@@ -577,6 +580,25 @@ def disconnect(company: ConnectedCompany, *, user=None, message: str = "") -> No
     signals.send(signals.company_disconnected, company=company, user=user)
 
 
+#: requests.Session.request's parameters after method and url, in order.
+_REQUEST_OPTIONS = (
+    "params",
+    "data",
+    "headers",
+    "cookies",
+    "files",
+    "auth",
+    "timeout",
+    "allow_redirects",
+    "proxies",
+    "hooks",
+    "stream",
+    "verify",
+    "cert",
+    "json",
+)
+
+
 class CompanySession(requests.Session):
     """A session for one company's Lightspeed API.
 
@@ -605,7 +627,11 @@ class CompanySession(requests.Session):
             )
         return url
 
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+    def request(self, method, url, *args, **kwargs):
+        # Options passed by position (params, data, headers...) by name, so that the headers this
+        # adds never collide with the caller's.
+        kwargs.update(zip(_REQUEST_OPTIONS, args, strict=False))
+        args = ()
         url = self.resolve(url)
         kwargs.setdefault("timeout", self.default_timeout)
         headers = dict(kwargs.pop("headers", None) or {})

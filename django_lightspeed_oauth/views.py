@@ -49,7 +49,7 @@ STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
 PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
-NEXT_URL_MAX_LENGTH = AuthorizationRequest._meta.get_field("next_url").max_length
+NEXT_URL_MAX_LENGTH: int = AuthorizationRequest._meta.get_field("next_url").max_length or 2000
 
 
 class ChoiceNeeded(Exception):
@@ -745,10 +745,14 @@ class ResultView(FlowViewMixin, View):
                     reason="no_result",
                 ),
             )
-        if "reason" in result:
+        if isinstance(result, dict) and "reason" in result:
             error = FlowError(result["title"], result["message"], int(result["status"]), result["reason"])
             response = self.flow_failed(request, error, auth_request)
-            if error.reason not in NOT_RETRYABLE:
+            if (
+                error.reason not in NOT_RETRYABLE
+                and isinstance(response, TemplateResponse)
+                and response.context_data is not None
+            ):
                 response.context_data["retry_url"] = self.retry_url(request, auth_request)
             return response
         company = auth_request.company

@@ -775,3 +775,15 @@ def test_a_retail_x_client_without_scopes_is_refused_with_what_to_add(admin_clie
     assert response.status_code == 200
     assert "retailer:read" in response.content.decode() and "requires scopes" in response.content.decode()
     assert ApiClient.objects.get(pk=client.pk).scopes == "retailer:read"
+
+
+@pytest.mark.django_db
+def test_invitation_page_of_a_missing_client_says_so_as_the_admin_does(admin_client):
+    """The admin's own wording and redirect, without its private helper."""
+    response = admin_client.get(
+        reverse("admin:lightspeed_oauth_apiclient_invitation", args=["4242"]), follow=False
+    )
+    assert response.status_code == 302 and response.url == reverse("admin:index")
+    assert messages_of(response) == [
+        (levels.WARNING, "API client with ID “4242” doesn’t exist. Perhaps it was deleted?")  # noqa: RUF001
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from datetime import timedelta
 
@@ -584,3 +585,18 @@ def test_a_live_lease_is_renewed_until_the_ceiling():
         refresh_lock_started_at=Now() - timedelta(seconds=601)
     )
     assert ConnectedCompany.objects.renew_leases(["mine"], lease=60, ceiling=600) == 0
+
+
+@pytest.mark.django_db
+def test_api_session_takes_request_options_by_position_too(mocked):
+    """Headers passed by position are sent with the token, not refused as a second ``headers``."""
+    from django_lightspeed_oauth.tokens import _REQUEST_OPTIONS
+
+    assert list(inspect.signature(requests.Session.request).parameters)[3:] == list(_REQUEST_OPTIONS)
+    company = make_company(expires_in=3600)
+    url = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
+    mocked.add(responses.GET, url + "?page=2", json=[])
+    response = company.api_session().request("GET", url, {"page": "2"}, None, {"X-Trace": "abc"})
+    assert response.json() == []
+    sent = mocked.calls[-1].request.headers
+    assert sent["X-Trace"] == "abc" and sent["Authorization"] == f"Bearer {company.access_token}"

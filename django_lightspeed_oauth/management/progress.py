@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Protocol
 
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
+
+
+class Stream(Protocol):
+    """What Progress writes to: a text file, or a command's stdout / stderr wrapper."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> None: ...
 
 
 class Progress:
@@ -21,7 +29,7 @@ class Progress:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: Stream,
         total: int,
         *,
         tty: bool,

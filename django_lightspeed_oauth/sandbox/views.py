@@ -141,7 +141,10 @@ class AuthorizeView(FlavourView):
 
     def refuse(self, params: QueryDict, error: str, description: str) -> HttpResponse:
         return redirect_with(
-            params["redirect_uri"], error=error, error_description=description, state=params.get("state", "")
+            str(params["redirect_uri"]),
+            error=error,
+            error_description=description,
+            state=params.get("state", ""),
         )
 
     def denied(self, params: QueryDict) -> HttpResponse:
@@ -152,12 +155,12 @@ class AuthorizeView(FlavourView):
             client,
             company_id,
             scope=" ".join(params.get("scope", "").split()),
-            redirect_uri=params["redirect_uri"],
+            redirect_uri=str(params["redirect_uri"]),
             code_challenge=params.get("code_challenge", ""),
             nonce=params.get("nonce", ""),
         )
         extra = {"domain_prefix": grant.domain_prefix} if self.flavour.uses_domain_prefix else {}
-        return redirect_with(params["redirect_uri"], code=code, state=params.get("state", ""), **extra)
+        return redirect_with(str(params["redirect_uri"]), code=code, state=params.get("state", ""), **extra)
 
 
 class TokenError(Exception):

@@ -98,7 +98,7 @@ class FakeTokenEndpoint:
         self.last_refresh_token = ""
         self._families = TokenFamilies(prefix="fake", rotate=rotate)
         self._mock = mock
-        self._own_mock = None
+        self._own_mock: Any = None
 
     # Switches -------------------------------------------------------------------------------
 

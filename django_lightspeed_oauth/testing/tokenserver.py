@@ -363,8 +363,7 @@ class TokenServer:
             with self._lock:
                 if self._hang:
                     self.hung += 1
-                    while self._hang:
-                        self._unhung.wait()
+                    self._unhung.wait_for(lambda: not self._hang)
                     self.dropped += 1
                     self.history.append((arrived, time.time(), "dropped"))
                     return None  # the refresh token was not used

@@ -69,7 +69,7 @@ class _Rotation:
     def rows(self, model: type[models.Model], extra: tuple[str, ...] = ()):
         names = ENCRYPTED_FIELDS[model]
         queryset = (
-            model.objects.order_by("pk")
+            model._default_manager.order_by("pk")
             .annotate(**{f"raw_{name}": _raw(name) for name in names})
             .values_list("pk", *extra, *(f"raw_{name}" for name in names))
         )
@@ -91,7 +91,7 @@ class _Rotation:
             if self.dry_run:
                 continue
             # If someone saved a new value meanwhile, it was encrypted with the first key already.
-            model.objects.filter(Exact(_raw(name), ciphertext), pk=pk).update(**{name: plain[0]})
+            model._default_manager.filter(Exact(_raw(name), ciphertext), pk=pk).update(**{name: plain[0]})
         return count
 
     def rotate_companies(self) -> int:
@@ -165,12 +165,12 @@ def rotate_keys(dry_run: bool = False, report: Callable[[str, int], None] | None
         error.counts = counts  # type: ignore[attr-defined]
         raise error
     if rotation.busy:
-        error = LightspeedOAuthError(
+        busy = LightspeedOAuthError(
             f"The tokens of connected companies {', '.join(str(pk) for pk in rotation.busy)} kept "
             "changing while they were re-encrypted; run the command again."
         )
-        error.counts = counts  # type: ignore[attr-defined]
-        raise error
+        busy.counts = counts  # type: ignore[attr-defined]
+        raise busy
     return counts
 
 

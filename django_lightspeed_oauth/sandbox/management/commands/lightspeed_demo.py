@@ -89,10 +89,9 @@ def set_up_demo(base_url: str = DEFAULT_BASE_URL) -> DemoResult:
             )
         clients = []
         for demo in DEMO_CLIENTS:
-            client = ApiClient.objects.filter(slug=demo.slug).first()
-            created = client is None
-            if created:
-                client = ApiClient(slug=demo.slug, client_secret=secrets.token_urlsafe(32))
+            existing = ApiClient.objects.filter(slug=demo.slug).first()
+            created = existing is None
+            client = existing or ApiClient(slug=demo.slug, client_secret=secrets.token_urlsafe(32))
             client.name = f"Sandbox {get_provider(demo.provider).name}"
             client.provider = demo.provider
             client.environment = ApiClient.Environment.SANDBOX
