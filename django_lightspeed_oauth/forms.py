@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import django
 from django import forms
@@ -72,7 +72,8 @@ class ApiClientAdminForm(forms.ModelForm):
             and self.instance.environment != sandbox
         ):
             # "Local sandbox" needs the sandbox app; a client already set to it keeps the choice.
-            environment.choices = [c for c in environment.choices if c[0] != sandbox]
+            choices = cast("list[tuple[str, str]]", environment.choices)  # a model field's: a list
+            environment.choices = [c for c in choices if c[0] != sandbox]
         if "client_secret" in self.fields:
             adding = self.instance._state.adding
             self.fields["client_secret"].required = adding
