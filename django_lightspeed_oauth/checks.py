@@ -20,8 +20,6 @@ GENERATE_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.
 def check_encryption_keys(app_configs=None, **kwargs: Any) -> list:
     errors = []
     keys = app_settings.ENCRYPTION_KEYS
-    if isinstance(keys, str):
-        keys = [keys]
     if not keys and not settings.DEBUG:
         errors.append(
             Error(
@@ -31,7 +29,7 @@ def check_encryption_keys(app_configs=None, **kwargs: Any) -> list:
                 id="lightspeed_oauth.E001",
             )
         )
-    for position, key in enumerate(keys or []):
+    for position, key in enumerate(keys):
         try:
             Fernet(key)
         except (ValueError, TypeError):
@@ -83,10 +81,13 @@ def _lease_checks() -> list:
     """E004: the rules that keep a live refresher's lease from ending under it."""
     from .leases import renew_interval
 
-    lock_timeout = float(app_settings.LOCK_TIMEOUT)
-    interval = renew_interval()
-    ceiling = float(app_settings.REFRESH_MAX_DURATION)
-    read_timeout = float(app_settings.REFRESH_READ_TIMEOUT)
+    try:
+        lock_timeout = app_settings.LOCK_TIMEOUT
+        interval = renew_interval()
+        ceiling = app_settings.REFRESH_MAX_DURATION
+        read_timeout = app_settings.REFRESH_READ_TIMEOUT
+    except ConfigurationError as err:
+        return [Error(err.message, id="lightspeed_oauth.E004")]
     problems = []
     if not 0 < interval <= lock_timeout / 2:
         problems.append(

@@ -6,6 +6,8 @@ from typing import Any
 
 from django.conf import settings
 
+from .exceptions import ConfigurationError
+
 __all__ = ["DEFAULTS", "app_settings"]
 
 SETTING_NAME = "LIGHTSPEED_OAUTH"
@@ -62,18 +64,143 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-class AppSettings:
-    """Attribute access to ``settings.LIGHTSPEED_OAUTH`` with the defaults filled in."""
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigurationError(f"{SETTING_NAME}[{name!r}] must be a number of seconds, not {value!r}.")
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"{SETTING_NAME}[{name!r}] must be a number of seconds, not {value!r}."
+        ) from None
 
-    def __getattr__(self, name: str) -> Any:
-        if name not in DEFAULTS:
-            raise AttributeError(f"{SETTING_NAME} has no key {name!r}")
+
+class AppSettings:
+    """``settings.LIGHTSPEED_OAUTH`` with the defaults filled in: one typed property per key.
+
+    Read at every access (``override_settings`` works). Numbers are converted here, once for every
+    caller; a value that is not a number raises :class:`ConfigurationError` naming the key.
+    """
+
+    def _get(self, name: str) -> Any:
         user = getattr(settings, SETTING_NAME, None) or {}
         return user.get(name, DEFAULTS[name])
+
+    def __getattr__(self, name: str) -> Any:
+        # Keys without a property of their own (none today) still read as they are.
+        if name not in DEFAULTS:
+            raise AttributeError(f"{SETTING_NAME} has no key {name!r}")
+        return self._get(name)
 
     @property
     def user_keys(self) -> set[str]:
         return set(getattr(settings, SETTING_NAME, None) or {})
+
+    def _seconds(self, name: str) -> float:
+        return _number(name, self._get(name))
+
+    def _whole_seconds(self, name: str) -> int:
+        return int(self._seconds(name))
+
+    @property
+    def ENCRYPTION_KEYS(self) -> tuple[str, ...]:
+        keys = self._get("ENCRYPTION_KEYS") or ()
+        return (keys,) if isinstance(keys, str) else tuple(keys)
+
+    @property
+    def STATE_MAX_AGE(self) -> int:
+        return self._whole_seconds("STATE_MAX_AGE")
+
+    @property
+    def INVITATION_MAX_AGE(self) -> int:
+        return self._whole_seconds("INVITATION_MAX_AGE")
+
+    @property
+    def INVITATION_EMAIL(self) -> str | None:
+        value: str | None = self._get("INVITATION_EMAIL")
+        return value
+
+    @property
+    def REAUTHORIZATION_EMAIL(self) -> bool:
+        return bool(self._get("REAUTHORIZATION_EMAIL"))
+
+    @property
+    def HTTP_TIMEOUT(self) -> tuple[float, float]:
+        """(connect, read) seconds; a single number is both."""
+        value = self._get("HTTP_TIMEOUT")
+        if isinstance(value, (list, tuple)):
+            if len(value) != 2:
+                raise ConfigurationError(
+                    f"{SETTING_NAME}['HTTP_TIMEOUT'] must be a number or a (connect, read) pair, "
+                    f"not {value!r}."
+                )
+            return (_number("HTTP_TIMEOUT", value[0]), _number("HTTP_TIMEOUT", value[1]))
+        seconds = _number("HTTP_TIMEOUT", value)
+        return (seconds, seconds)
+
+    @property
+    def REFRESH_MARGIN(self) -> float:
+        return self._seconds("REFRESH_MARGIN")
+
+    @property
+    def REFRESH_WITHIN(self) -> float:
+        return self._seconds("REFRESH_WITHIN")
+
+    @property
+    def LOCK_TIMEOUT(self) -> float:
+        return self._seconds("LOCK_TIMEOUT")
+
+    @property
+    def LOCK_RENEW_INTERVAL(self) -> float | None:
+        value = self._get("LOCK_RENEW_INTERVAL")
+        return None if value is None else _number("LOCK_RENEW_INTERVAL", value)
+
+    @property
+    def REFRESH_MAX_DURATION(self) -> float:
+        return self._seconds("REFRESH_MAX_DURATION")
+
+    @property
+    def REFRESH_READ_TIMEOUT(self) -> float:
+        return self._seconds("REFRESH_READ_TIMEOUT")
+
+    @property
+    def RETRY_BACKOFF(self) -> float:
+        return self._seconds("RETRY_BACKOFF")
+
+    @property
+    def RETRY_BACKOFF_MAX(self) -> float:
+        return self._seconds("RETRY_BACKOFF_MAX")
+
+    @property
+    def SUCCESS_URL(self) -> str | None:
+        value: str | None = self._get("SUCCESS_URL")
+        return value
+
+    @property
+    def FAILURE_URL(self) -> str | None:
+        value: str | None = self._get("FAILURE_URL")
+        return value
+
+    @property
+    def CONNECT_PERMISSION(self) -> str:
+        return str(self._get("CONNECT_PERMISSION"))
+
+    @property
+    def SITE_URL(self) -> str | None:
+        value: str | None = self._get("SITE_URL")
+        return value
+
+    @property
+    def SANDBOX_URL(self) -> str:
+        return str(self._get("SANDBOX_URL"))
+
+    @property
+    def SANDBOX_TOKEN_LIFETIME(self) -> int:
+        return self._whole_seconds("SANDBOX_TOKEN_LIFETIME")
+
+    @property
+    def PROVIDERS(self) -> tuple[str, ...]:
+        return tuple(self._get("PROVIDERS") or ())
 
 
 app_settings = AppSettings()

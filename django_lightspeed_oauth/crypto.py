@@ -25,10 +25,8 @@ def _derived_key(secret_key: str) -> bytes:
 def configured_keys() -> tuple[str, ...]:
     """The keys in force, first one encrypting: ``ENCRYPTION_KEYS`` or one derived from SECRET_KEY."""
     keys = app_settings.ENCRYPTION_KEYS
-    if isinstance(keys, str):
-        keys = [keys]
     if keys:
-        return tuple(keys)
+        return keys
     return (_derived_key(settings.SECRET_KEY).decode(),)
 
 

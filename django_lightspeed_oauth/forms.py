@@ -169,7 +169,7 @@ class InvitationForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        default_seconds = int(app_settings.INVITATION_MAX_AGE)
+        default_seconds = app_settings.INVITATION_MAX_AGE
         self.fields["max_age_hours"].initial = max(1, round(default_seconds / 3600))
 
     def clean_reference(self) -> str:
@@ -196,7 +196,7 @@ class CompanyInvitationForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["max_age_hours"].initial = max(1, round(int(app_settings.INVITATION_MAX_AGE) / 3600))
+        self.fields["max_age_hours"].initial = max(1, round(app_settings.INVITATION_MAX_AGE / 3600))
 
     @property
     def max_age(self) -> int:

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def renew_interval() -> float:
     """Seconds between renewals: ``LOCK_RENEW_INTERVAL``, or a third of ``LOCK_TIMEOUT``."""
     interval = app_settings.LOCK_RENEW_INTERVAL
-    return float(interval) if interval else float(app_settings.LOCK_TIMEOUT) / 3
+    return interval if interval else app_settings.LOCK_TIMEOUT / 3
 
 
 class _Keeper:
@@ -57,8 +57,8 @@ class _Keeper:
             try:
                 ConnectedCompany.objects.renew_leases(
                     held,
-                    lease=float(app_settings.LOCK_TIMEOUT),
-                    ceiling=float(app_settings.REFRESH_MAX_DURATION),
+                    lease=app_settings.LOCK_TIMEOUT,
+                    ceiling=app_settings.REFRESH_MAX_DURATION,
                 )
             except DatabaseError as err:
                 # The holders go on; their leases end unless a later renewal gets through.

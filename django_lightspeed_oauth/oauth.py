@@ -123,10 +123,7 @@ def http_session() -> requests.Session:
 
 
 def _timeout() -> tuple[float, float]:
-    timeout = app_settings.HTTP_TIMEOUT
-    if isinstance(timeout, (int, float)):
-        return (float(timeout), float(timeout))
-    return (float(timeout[0]), float(timeout[1]))
+    return app_settings.HTTP_TIMEOUT
 
 
 def _where(url: str) -> str:
@@ -171,8 +168,8 @@ def post_token(
     started = time.monotonic()
     timeout = _timeout()
     if refresh:
-        timeout = (timeout[0], float(app_settings.REFRESH_READ_TIMEOUT))
-        deadline = started + float(app_settings.REFRESH_MAX_DURATION)
+        timeout = (timeout[0], app_settings.REFRESH_READ_TIMEOUT)
+        deadline = started + app_settings.REFRESH_MAX_DURATION
     else:
         deadline = started + timeout[1]
     try:

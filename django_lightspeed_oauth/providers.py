@@ -840,7 +840,7 @@ def _registry(extra: tuple[str, ...]) -> dict[str, type[Provider]]:
 
 def provider_classes() -> dict[str, type[Provider]]:
     """Every provider class by key: the built-in ones and those named in settings."""
-    return _registry(tuple(app_settings.PROVIDERS or ()))
+    return _registry(app_settings.PROVIDERS)
 
 
 def provider_choices() -> list[tuple[str, str]]:

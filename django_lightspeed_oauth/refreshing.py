@@ -131,7 +131,7 @@ def due_companies(
     With ``force``: every active or failing company in the filters, whatever its expiry.
     """
     now = timezone.now()
-    within = float(app_settings.REFRESH_WITHIN if within is None else within)
+    within = app_settings.REFRESH_WITHIN if within is None else float(within)
     query = ConnectedCompany.objects.filter(
         status__in=[ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING],
         client__is_active=True,
@@ -208,7 +208,7 @@ def refresh_due(
     summary = Summary(dry_run=dry_run)
     query = due_companies(within=within, clients=clients, company_ids=company_ids, force=force)
     report = on_result or (lambda result: None)
-    margin = within if within is not None else float(app_settings.REFRESH_WITHIN)
+    margin = within if within is not None else app_settings.REFRESH_WITHIN
 
     if connections[query.db].in_atomic_block:
         # Worker threads have their own connections and cannot see the caller's uncommitted rows.

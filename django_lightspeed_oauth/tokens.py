@@ -199,7 +199,7 @@ def _retrying(write: Callable[[], int], *, seconds: float, what: str, company_pk
 def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wait: bool) -> RefreshResult:
     """Take the lease and refresh, or wait for whoever holds it and use their token."""
     grace = leases.renew_interval()
-    deadline = time.monotonic() + float(app_settings.LOCK_TIMEOUT) + grace + 5
+    deadline = time.monotonic() + app_settings.LOCK_TIMEOUT + grace + 5
     seen_version = company.token_version
     waited = False
     while True:
@@ -259,13 +259,13 @@ def _reread(company: ConnectedCompany) -> None:
         company.refresh_from_db(fields=_REREAD_FIELDS)
         return 1
 
-    _retrying(read, seconds=float(app_settings.LOCK_TIMEOUT) / 2, what="re-reading", company_pk=company.pk)
+    _retrying(read, seconds=app_settings.LOCK_TIMEOUT / 2, what="re-reading", company_pk=company.pk)
 
 
 def _take_lease(company: ConnectedCompany, lock_id: str, force: bool, grace: float) -> bool:
     """Take a free lease; or one whose holder stopped renewing it (dead, frozen), in two steps."""
     manager = ConnectedCompany.objects
-    lease = float(app_settings.LOCK_TIMEOUT)
+    lease = app_settings.LOCK_TIMEOUT
     version = company.token_version
 
     def take() -> int:
@@ -342,7 +342,7 @@ def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: 
     """Store the new tokens; False when a newer outcome won meanwhile (nothing was overwritten)."""
     values = _new_values(company, tokens)
     manager = ConnectedCompany.objects
-    persist_for = float(app_settings.REFRESH_MAX_DURATION)
+    persist_for = app_settings.REFRESH_MAX_DURATION
     try:
         if _retrying(
             lambda: manager.store_refreshed(company.pk, lock_id=lock_id, values=values),
@@ -507,8 +507,8 @@ def _lease_lost(company: ConnectedCompany) -> RefreshResult:
 
 
 def _backoff(failures: int, err: TokenEndpointError) -> float:
-    base = float(app_settings.RETRY_BACKOFF)
-    delay = min(base * (2 ** max(0, failures - 1)), float(app_settings.RETRY_BACKOFF_MAX))
+    base = app_settings.RETRY_BACKOFF
+    delay = min(base * (2 ** max(0, failures - 1)), app_settings.RETRY_BACKOFF_MAX)
     if err.retry_after is not None:
         delay = max(delay, err.retry_after)
     return delay

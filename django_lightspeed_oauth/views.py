@@ -142,7 +142,7 @@ class FlowViewMixin:
             next_url=next_url,
             reference=reference,
             created_at=now,
-            expires_at=now + timedelta(seconds=int(app_settings.STATE_MAX_AGE)),
+            expires_at=now + timedelta(seconds=app_settings.STATE_MAX_AGE),
         )
         params = provider.authorization_params(
             client_id=client.client_id,
@@ -456,7 +456,7 @@ class CallbackView(FlowViewMixin, View):
         ]
         auth_request.pending_tokens = tokens.to_json()
         auth_request.pending_companies = {"companies": companies, "context": context}
-        auth_request.choice_expires_at = timezone.now() + timedelta(seconds=int(app_settings.STATE_MAX_AGE))
+        auth_request.choice_expires_at = timezone.now() + timedelta(seconds=app_settings.STATE_MAX_AGE)
         auth_request.outcome = AuthorizationRequest.Outcome.CHOOSING
         auth_request.save(
             update_fields=["pending_tokens", "pending_companies", "choice_expires_at", "outcome"]

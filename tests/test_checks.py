@@ -211,3 +211,37 @@ def test_a_client_without_required_scopes_fails_validation_with_what_to_add(prov
         make_client(provider=provider, scopes="")
     (message,) = caught.value.message_dict["scopes"]
     assert "requires scopes" in message and "e.g." in message
+
+
+# Typed settings ---------------------------------------------------------------------------------
+
+
+def test_settings_are_typed_once_for_every_caller(settings):
+    from django_lightspeed_oauth.conf import app_settings
+
+    settings.LIGHTSPEED_OAUTH = {
+        "LOCK_TIMEOUT": "90",
+        "HTTP_TIMEOUT": 7,
+        "ENCRYPTION_KEYS": "one-key",
+        "STATE_MAX_AGE": 300.0,
+    }
+    assert app_settings.LOCK_TIMEOUT == 90.0 and isinstance(app_settings.LOCK_TIMEOUT, float)
+    assert app_settings.HTTP_TIMEOUT == (7.0, 7.0)
+    assert app_settings.ENCRYPTION_KEYS == ("one-key",)
+    assert app_settings.STATE_MAX_AGE == 300 and isinstance(app_settings.STATE_MAX_AGE, int)
+    assert app_settings.REFRESH_WITHIN == 1800.0  # a default
+    settings.LIGHTSPEED_OAUTH = {"HTTP_TIMEOUT": [3, "30"]}
+    assert app_settings.HTTP_TIMEOUT == (3.0, 30.0)
+
+
+def test_a_setting_that_is_not_a_number_is_a_clear_error_and_a_failed_check(settings):
+    from django_lightspeed_oauth.conf import app_settings
+    from django_lightspeed_oauth.exceptions import ConfigurationError
+
+    settings.LIGHTSPEED_OAUTH = {"LOCK_TIMEOUT": "a minute", "HTTP_TIMEOUT": (1, 2, 3)}
+    with pytest.raises(ConfigurationError, match=r"\['LOCK_TIMEOUT'\] must be a number of seconds"):
+        app_settings.LOCK_TIMEOUT  # noqa: B018
+    with pytest.raises(ConfigurationError, match=r"a \(connect, read\) pair"):
+        app_settings.HTTP_TIMEOUT  # noqa: B018
+    errors = [m for m in checks.check_settings() if m.id == "lightspeed_oauth.E004"]
+    assert len(errors) == 1 and "LOCK_TIMEOUT" in errors[0].msg

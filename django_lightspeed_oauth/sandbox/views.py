@@ -358,7 +358,7 @@ class TokenView(FlavourView):
         self, request: HttpRequest, grant: SandboxGrant, with_refresh_token: bool
     ) -> JsonResponse:
         flavour = self.flavour
-        lifetime = int(app_settings.SANDBOX_TOKEN_LIFETIME)
+        lifetime = app_settings.SANDBOX_TOKEN_LIFETIME
         # Keycloak's offline_access tokens live until revoked, and it reports them as expiring in 0 seconds.
         offline = flavour.reports_refresh_expires_in and "offline_access" in grant.scopes
         refresh_lifetime = None if offline else flavour.refresh_token_lifetime
