@@ -24,7 +24,8 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.formats import date_format
 from django.utils.functional import Promise
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
@@ -395,10 +396,28 @@ class TokenEventFormSet(BaseInlineFormSet):
         return self._queryset
 
 
+def _event_details(obj: TokenEvent) -> str:
+    """A token event's details as "name: value" lines instead of raw JSON."""
+    details = obj.details if isinstance(obj.details, dict) else {}
+    lines = [
+        (str(key).replace("_", " "), "-" if value in (None, "") else value) for key, value in details.items()
+    ]
+    if not lines:
+        return "-"
+    return format_html_join(mark_safe("<br>"), '<span class="ls-detail">{}: {}</span>', lines)
+
+
+def _event_actor(obj: TokenEvent) -> str:
+    """Who triggered a token event: a staff member (the admin's buttons), or the app on its own."""
+    if obj.actor_id is None:
+        return _("automatic")
+    return str(obj.actor)
+
+
 class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
     model = TokenEvent
     formset = TokenEventFormSet
-    fields = readonly_fields = ("created_at", "kind", "message", "actor", "details")
+    fields = readonly_fields = ("created_at", "kind", "message", "triggered_by", "details_text")
     ordering = ["-created_at", "-pk"]
     extra = 0
     max_num = 0
@@ -408,6 +427,14 @@ class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[TokenEvent]:
         return super().get_queryset(request).select_related("actor")
+
+    @admin.display(description=_("by"))
+    def triggered_by(self, obj: TokenEvent) -> str:
+        return _event_actor(obj)
+
+    @admin.display(description=_("details"))
+    def details_text(self, obj: TokenEvent) -> str:
+        return _event_details(obj)
 
 
 @admin.register(ConnectedCompany)
@@ -669,7 +696,8 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
     def refresh_now(self, request: HttpRequest, queryset: QuerySet[ConnectedCompany]) -> None:
         for company in queryset.select_related("client"):
             try:
-                result = tokens.refresh(company, force=True)
+                with tokens.acting_as(request.user):  # the token events name who asked
+                    result = tokens.refresh(company, force=True)
             except LightspeedOAuthError as err:
                 self.message_user(
                     request,
@@ -806,12 +834,20 @@ class AuthorizationRequestAdmin(ReadOnlyAdmin):
 
 @admin.register(TokenEvent)
 class TokenEventAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "company", "client", "kind", "short_message", "actor"]
+    list_display = ["created_at", "company", "client", "kind", "short_message", "triggered_by"]
     list_filter = ["kind", "company__client"]
     search_fields = ["company__name", "company__company_id", "message"]
     date_hierarchy = "created_at"
     list_select_related = ["company", "company__client", "actor"]
-    fields = readonly_fields = ("created_at", "company", "kind", "message", "actor", "details")
+    fields = readonly_fields = ("created_at", "company", "kind", "message", "triggered_by", "details_text")
+
+    @admin.display(description=_("by"), ordering="actor")
+    def triggered_by(self, obj: TokenEvent) -> str:
+        return _event_actor(obj)
+
+    @admin.display(description=_("details"))
+    def details_text(self, obj: TokenEvent) -> str:
+        return _event_details(obj)
 
     @admin.display(description=_("API client"), ordering="company__client__name")
     def client(self, obj: TokenEvent) -> str:

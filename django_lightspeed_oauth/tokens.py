@@ -17,7 +17,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -536,8 +538,23 @@ def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError, lock_id: s
     return RefreshResult(company, FAILED, error=err)
 
 
+#: The user on whose behalf token events are recorded in this context (the admin's "Refresh now").
+acting_user: ContextVar[Any] = ContextVar("lightspeed_oauth_acting_user", default=None)
+
+
+@contextmanager
+def acting_as(user: Any) -> Iterator[None]:
+    """Record the token events of the block as triggered by ``user`` (e.g. a staff member)."""
+    token = acting_user.set(user)
+    try:
+        yield
+    finally:
+        acting_user.reset(token)
+
+
 def _event(company: ConnectedCompany, kind: str, message: str, details: dict[str, Any], actor=None) -> None:
     """Append to the company's history; the history must never fail what it records."""
+    actor = actor if actor is not None else acting_user.get()
     try:
         TokenEvent.objects.create(company=company, kind=kind, message=message, details=details, actor=actor)
     except DatabaseError:

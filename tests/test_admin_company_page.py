@@ -228,3 +228,34 @@ def test_the_redirect_uri_has_a_copy_button_and_the_list_has_one_active_column(a
     )
     assert "Active companies" in headers and "Active" in headers
     assert len(headers) == len(set(headers)), headers  # no two columns with the same heading
+
+
+# Token events ---------------------------------------------------------------------------------
+
+
+def test_token_events_name_the_staff_member_who_refreshed_and_show_details_readably(admin_client, admin_user):
+    company = make_company(name="Harbour Bistro", expires_in=60)
+    with FakeTokenEndpoint(company.client):
+        tokens.refresh(company, force=True)  # the app on its own
+        admin_client.post(url(company, "refresh"))  # a staff member
+    automatic, by_staff = company.events.order_by("pk")
+    assert automatic.actor is None and by_staff.actor == admin_user
+
+    body = re.sub(r"\s+", " ", admin_client.get(url(company)).content.decode())
+    assert f'<td class="field-triggered_by"> <p>{admin_user.username}</p> </td>' in body
+    assert '<td class="field-triggered_by"> <p>automatic</p> </td>' in body
+    details = re.findall(r'<td class="field-details_text">(.*?)</td>', body)
+    assert len(details) == 2 and '<span class="ls-detail">rotated: True</span>' in details[-1]
+    assert not any("{" in cell for cell in details)  # no raw JSON
+
+    listing = admin_client.get(reverse("admin:lightspeed_oauth_tokenevent_changelist")).content.decode()
+    assert f'<td class="field-triggered_by">{admin_user.username}</td>' in listing
+
+
+def test_token_events_outside_the_admin_have_no_actor():
+    company = make_company(expires_in=60)
+    with FakeTokenEndpoint(company.client):
+        with tokens.acting_as("ignored outside"):
+            pass
+        tokens.refresh(company, force=True)
+    assert company.events.get().actor is None
