@@ -410,7 +410,7 @@ def _event_details(obj: TokenEvent) -> str:
 def _event_actor(obj: TokenEvent) -> str:
     """Who triggered a token event: a staff member (the admin's buttons), or the app on its own."""
     if obj.actor_id is None:
-        return _("automatic")
+        return str(_("automatic"))
     return str(obj.actor)
 
 
