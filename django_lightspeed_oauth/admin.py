@@ -22,6 +22,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllow
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.decorators import method_decorator
 from django.utils.formats import date_format
 from django.utils.functional import Promise
 from django.utils.html import format_html, format_html_join
@@ -29,6 +30,7 @@ from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
+from django.views.decorators.debug import sensitive_post_parameters
 
 from . import tokens
 from .conf import app_settings
@@ -314,6 +316,17 @@ class ApiClientAdmin(admin.ModelAdmin):
             ),
             *super().get_urls(),
         ]
+
+    @method_decorator(sensitive_post_parameters("client_secret"))
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # The add and change forms post the client secret: keep it out of Django's error reports.
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def change_view(
         self,

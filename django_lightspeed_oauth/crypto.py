@@ -27,6 +27,13 @@ def configured_keys() -> tuple[str, ...]:
     keys = app_settings.ENCRYPTION_KEYS
     if keys:
         return keys
+    if not settings.DEBUG:
+        # Check E001 says so at start-up, but a WSGI process runs no checks: refuse at first use
+        # rather than encrypt production secrets with a key that follows SECRET_KEY.
+        raise ConfigurationError(
+            'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"] is empty and DEBUG is off: add a key, generated with '
+            "`python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'`."
+        )
     return (_derived_key(settings.SECRET_KEY).decode(),)
 
 

@@ -319,7 +319,7 @@ class ConnectedCompanyQuerySet(models.QuerySet):
 
     def store_refreshed(self, pk: int, *, lock_id: str, values: dict[str, Any]) -> bool:
         """The lease holder stores new tokens and lets go of the lease."""
-        return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**values, **_STORED))
+        return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**{**_STORED, **values}))
 
     def store_refreshed_late(self, pk: int, *, version: int, status: str, values: dict[str, Any]) -> bool:
         """A refresher whose lease ran out stores its tokens, only if nothing happened meanwhile:

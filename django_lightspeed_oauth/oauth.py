@@ -8,6 +8,7 @@ without us seeing the new one); no token, secret or code reaches a log line or a
 from __future__ import annotations
 
 import email.utils
+import http.cookiejar
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
+from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -118,6 +120,9 @@ def http_session() -> requests.Session:
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         session.headers["User-Agent"] = USER_AGENT
+        # One session serves every client and company of this thread: a cookie one token endpoint
+        # sets must never travel with another company's request.
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         _local.session = session
     return session
 
@@ -155,6 +160,7 @@ def _retry_after(response: requests.Response) -> float | None:
     return max(0.0, parsed.timestamp() - time.time())
 
 
+@sensitive_variables()
 def post_token(
     request: TokenRequest, provider: Provider, secrets: tuple[str, ...], *, refresh: bool = False
 ) -> TokenSet:
@@ -204,7 +210,7 @@ def post_token(
     body = _read_body(response, where, deadline)
     elapsed_ms = (time.monotonic() - started) * 1000
     logger.info("Token endpoint %s answered %s in %.0f ms", where, response.status_code, elapsed_ms)
-    return _read_token_response(response, body, provider, secrets)
+    return _read_token_response(response, body, provider, secrets, refresh=refresh)
 
 
 #: A token answer is a few kilobytes; more than this is not one.
@@ -248,8 +254,9 @@ def _sent_before_failing(err: requests.ConnectionError) -> bool:
     return "Protocol" in text or "RemoteDisconnected" in text
 
 
+@sensitive_variables()
 def _read_token_response(
-    response: requests.Response, body: bytes, provider: Provider, secrets: tuple[str, ...]
+    response: requests.Response, body: bytes, provider: Provider, secrets: tuple[str, ...], *, refresh: bool
 ) -> TokenSet:
     status = response.status_code
     try:
@@ -257,6 +264,9 @@ def _read_token_response(
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested beyond reason
         payload = None
     if 200 <= status < 300:
+        # A page that is not JSON (a proxy's maintenance page) is a passing failure; JSON from the
+        # token endpoint that we cannot use may still have rotated the refresh token: on a
+        # refresh, that outcome is uncertain.
         if payload is None:
             raise TransientTokenError(
                 f"The token endpoint answered {status} with something that is not JSON "
@@ -267,7 +277,17 @@ def _read_token_response(
             return provider.parse_token_response(payload)
         except TransientTokenError as err:
             err.status_code = status
+            err.maybe_spent = refresh
             raise
+        except Exception as err:
+            # A provider (a custom one, say) choking on an odd answer: the app's own error, whose
+            # message names no value of the answer.
+            logger.exception("Reading the token endpoint's %s answer failed", status)
+            raise TransientTokenError(
+                f"The token endpoint's {status} answer could not be read ({type(err).__name__}).",
+                status_code=status,
+                maybe_spent=refresh,
+            ) from None
     error = ""
     description = ""
     if isinstance(payload, Mapping):
@@ -304,6 +324,7 @@ def _content_type(response: requests.Response) -> str:
     return (response.headers.get("Content-Type") or "no content type").split(";")[0]
 
 
+@sensitive_variables()
 def exchange_code(
     provider: Provider,
     *,
@@ -320,6 +341,7 @@ def exchange_code(
     return post_token(request, provider, (client_secret, code, code_verifier or ""))
 
 
+@sensitive_variables()
 def refresh_tokens(
     provider: Provider,
     *,
@@ -335,6 +357,7 @@ def refresh_tokens(
     return post_token(request, provider, (client_secret, refresh_token), refresh=True)
 
 
+@sensitive_variables()
 def identify(provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]) -> Identity:
     """The one company that granted ``tokens``; IdentityError when they cover several."""
     identities = identify_all(provider, tokens, environment, context)
@@ -343,6 +366,7 @@ def identify(provider: Provider, tokens: TokenSet, environment: str, context: Ma
     return identities[0]
 
 
+@sensitive_variables()
 def identify_all(
     provider: Provider, tokens: TokenSet, environment: str, context: Mapping[str, str]
 ) -> list[Identity]:
@@ -358,6 +382,7 @@ def identify_all(
     return provider.read_identities(tokens, context, payloads)
 
 
+@sensitive_variables()
 def _get_identity_page(provider: Provider, url: str, tokens: TokenSet) -> Any:
     where = _where(url)
     try:
@@ -385,5 +410,5 @@ def _get_identity_page(provider: Provider, url: str, tokens: TokenSet) -> Any:
         )
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise IdentityError(f"The identity endpoint answered {_content_type(response)}, not JSON.") from None

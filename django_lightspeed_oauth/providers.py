@@ -69,6 +69,8 @@ class TokenSet:
     refresh_expires_at: datetime | None = None
     id_token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The answer's access token was missing or not a token; a new refresh token was kept.
+    unusable_access_token: bool = False
 
     def __repr__(self) -> str:
         return f"<TokenSet expires_at={self.expires_at!s} rotated={self.refresh_token is not None}>"
@@ -229,13 +231,20 @@ def _business_list(payload: Any) -> list[Any]:
 
 
 def _seconds(value: Any) -> int | None:
-    if value is None or value == "":
+    if value is None or value == "" or isinstance(value, bool):
         return None
     try:
-        seconds = int(float(value))
+        return int(float(value))
     except (TypeError, ValueError, OverflowError):  # OverflowError: "1e400" is infinity
         return None
-    return seconds if seconds > 0 else None
+
+
+#: A token is printable ASCII without spaces (opaque strings and JWTs alike), of a sane length.
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,8192}$")
+
+
+def _usable_token(value: Any) -> bool:
+    return isinstance(value, str) and _TOKEN.match(value) is not None
 
 
 class Provider:
@@ -410,27 +419,39 @@ class Provider:
         return grant
 
     def parse_token_response(self, payload: Any, now: datetime | None = None) -> TokenSet:
-        """Read a token endpoint's JSON answer; raise TransientTokenError if it holds no token."""
+        """Read a token endpoint's JSON answer; raise TransientTokenError if it holds no token.
+
+        A usable new refresh token is kept even when the access token beside it is not (it is then
+        empty and expired, so the next call refreshes again with the new refresh token): the old
+        refresh token is already spent.
+        """
         if not isinstance(payload, Mapping):
             raise TransientTokenError("The token endpoint answered JSON that is not an object.")
-        access_token = payload.get(self.access_token_key)
-        if not isinstance(access_token, str) or not access_token:
-            raise TransientTokenError(f"The token endpoint's answer has no {self.access_token_key!r}.")
         refresh_token = payload.get(self.refresh_token_key)
-        if not isinstance(refresh_token, str) or not refresh_token:
+        if not _usable_token(refresh_token):
             refresh_token = None
+        access_token = payload.get(self.access_token_key)
         now = now or datetime.now(UTC)
+        if not _usable_token(access_token):
+            if refresh_token is None:
+                raise TransientTokenError(
+                    f"The token endpoint's answer has no usable {self.access_token_key!r}."
+                )
+            return TokenSet(
+                access_token="", refresh_token=refresh_token, expires_at=now, unusable_access_token=True
+            )
         expires_at = None
         refresh_expires_at = None
         try:
             expires_in = _seconds(payload.get(self.expires_in_key))
             if expires_in is not None:
-                expires_at = now + timedelta(seconds=expires_in)
+                # 0 or less: already expired, never "does not expire".
+                expires_at = now + timedelta(seconds=max(0, expires_in))
             elif (expires := _seconds(payload.get("expires"))) is not None:
                 # Retail X-Series also sends an absolute epoch time.
                 expires_at = datetime.fromtimestamp(expires, UTC)
             refresh_expires_in = _seconds(payload.get("refresh_expires_in"))
-            if refresh_expires_in:
+            if refresh_expires_in and refresh_expires_in > 0:
                 refresh_expires_at = now + timedelta(seconds=refresh_expires_in)
         except (OverflowError, ValueError, OSError):
             # A number so large it is past the year 9999. The answer may carry a new refresh

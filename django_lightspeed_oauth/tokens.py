@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 
 from . import leases, oauth, signals
 from .conf import app_settings
@@ -41,6 +42,7 @@ from .exceptions import (
     RefreshFailed,
     RefreshInProgress,
     TokenEndpointError,
+    TransientTokenError,
 )
 from .models import ApiClient, ConnectedCompany, TokenEvent
 from .providers import URL_PLACEHOLDER_VALUE
@@ -286,6 +288,7 @@ def _take_lease(company: ConnectedCompany, lock_id: str, force: bool, grace: flo
     return bool(_retrying(take, seconds=lease / 2, what="taking the refresh lock", company_pk=company.pk))
 
 
+@sensitive_variables()
 def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> RefreshResult:
     """We hold the lease: ask the token endpoint once, then store what it said."""
     status_before = company.status
@@ -309,9 +312,29 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
     if not stored:
         company.refresh_from_db(fields=_REREAD_FIELDS)
         return RefreshResult(company, FRESH, waited=True)
+    if tokens.unusable_access_token:
+        return _access_token_unusable(company)
     return _refreshed(company, tokens, waited)
 
 
+def _access_token_unusable(company: ConnectedCompany) -> RefreshResult:
+    """The answer rotated the refresh token (kept) but its access token is not a token."""
+    err = TransientTokenError(
+        "The token endpoint's answer had a new refresh token (kept) but no usable access token; "
+        "the next call refreshes again."
+    )
+    logger.warning("Company %s: %s", company.pk, err.message)
+    _event(
+        company,
+        TokenEvent.Kind.REFRESH_FAILED,
+        err.message,
+        {"refresh_token": company.refresh_token_fingerprint},
+    )
+    signals.send(signals.token_refresh_failed, company=company, error=err, attempt=1)
+    return RefreshResult(company, FAILED, error=err)
+
+
+@sensitive_variables()
 def _request_new_tokens(company: ConnectedCompany) -> Any:
     client = company.client
     return oauth.refresh_tokens(
@@ -324,6 +347,7 @@ def _request_new_tokens(company: ConnectedCompany) -> Any:
     )
 
 
+@sensitive_variables()
 def _new_values(company: ConnectedCompany, tokens: Any) -> dict[str, Any]:
     values: dict[str, Any] = dict(
         access_token=tokens.access_token,
@@ -340,6 +364,7 @@ def _new_values(company: ConnectedCompany, tokens: Any) -> dict[str, Any]:
     return values
 
 
+@sensitive_variables()
 def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: str) -> bool:
     """Store the new tokens; False when a newer outcome won meanwhile (nothing was overwritten)."""
     values = _new_values(company, tokens)
@@ -383,6 +408,7 @@ def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: 
     return False
 
 
+@sensitive_variables()
 def _apply(company: ConnectedCompany, values: dict[str, Any]) -> None:
     for name, value in values.items():
         setattr(company, name, value)

@@ -26,6 +26,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
+from django.views.decorators.debug import sensitive_variables
 
 from . import oauth, signals
 from .conf import app_settings
@@ -363,6 +364,7 @@ class CallbackView(FlowViewMixin, View):
         auth_request.outcome = outcome
         auth_request.error = error
 
+    @method_decorator(sensitive_variables())
     def complete(self, request: HttpRequest, auth_request: AuthorizationRequest) -> ConnectedCompany:
         client = auth_request.client
         params = request.GET
@@ -441,6 +443,7 @@ class CallbackView(FlowViewMixin, View):
             raise ChoiceNeeded()
         return self.finish(request, auth_request, tokens, identities[0], context)
 
+    @method_decorator(sensitive_variables())
     def await_choice(
         self,
         request: HttpRequest,
@@ -468,6 +471,7 @@ class CallbackView(FlowViewMixin, View):
             len(identities),
         )
 
+    @method_decorator(sensitive_variables())
     def finish(
         self,
         request: HttpRequest,
@@ -498,6 +502,7 @@ class CallbackView(FlowViewMixin, View):
         signals.send(signals.company_connected, company=company, created=created, request=request)
         return company
 
+    @method_decorator(sensitive_variables())
     def store(
         self,
         request: HttpRequest,
@@ -617,6 +622,7 @@ class ChooseBusinessView(CallbackView):
             return self.flow_failed(request, err)
         return self.render_choice(request, auth_request)
 
+    @method_decorator(sensitive_variables())
     def post(self, request: HttpRequest) -> HttpResponse:
         auth_request = None
         try:
@@ -634,6 +640,7 @@ class ChooseBusinessView(CallbackView):
         request.session.pop(SESSION_CHOICE_KEY, None)
         return self.connect_success(request, company, auth_request)
 
+    @method_decorator(sensitive_variables())
     def claim_and_finish(self, request, auth_request, tokens, identity, context) -> ConnectedCompany:
         # Single use: the first POST moves the request out of "choosing"; a second one loses.
         won = AuthorizationRequest.objects.filter(

@@ -304,7 +304,7 @@ TOKEN_FAILURES = [
     (
         "no-access-token",
         dict(status=200, json={"token_type": "bearer", "expires_in": 60}),
-        "has no 'access_token'",
+        "has no usable 'access_token'",
     ),
     ("not-an-object", dict(status=200, json=["access_token"]), "not an object"),
     ("read-timeout", dict(body=requests.ReadTimeout("read timed out")), "did not answer in time"),

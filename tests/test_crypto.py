@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
 
@@ -122,14 +123,21 @@ def test_a_single_key_may_be_given_as_a_string():
         assert Fernet(key).decrypt(crypto.encrypt("x").encode()) == b"x"
 
 
-def test_without_keys_a_key_derived_from_secret_key_is_used():
-    with override_settings(LIGHTSPEED_OAUTH={}):
+def test_without_keys_a_key_derived_from_secret_key_is_used_while_debugging():
+    with override_settings(LIGHTSPEED_OAUTH={}, DEBUG=True):
         token = crypto.encrypt(ACCESS)
         assert ACCESS not in token
         assert crypto.decrypt(token) == ACCESS
-    with override_settings(LIGHTSPEED_OAUTH={}, SECRET_KEY="another-secret-key"):
+    with override_settings(LIGHTSPEED_OAUTH={}, SECRET_KEY="another-secret-key", DEBUG=True):
         with pytest.raises(DecryptionError):
             crypto.decrypt(token)
+
+
+def test_without_keys_and_without_debug_first_use_is_a_clear_configuration_error():
+    # A WSGI process runs no system checks: E001 alone would not stop it.
+    with override_settings(LIGHTSPEED_OAUTH={}, DEBUG=False):
+        with pytest.raises(ImproperlyConfigured, match="ENCRYPTION_KEYS"):
+            crypto.encrypt(ACCESS)
 
 
 def test_an_invalid_key_names_the_setting_and_its_position():

@@ -467,8 +467,24 @@ def test_a_missing_refresh_token_means_keep_the_old_one(payload):
     "payload", [{}, {"access_token": ""}, {"access_token": None}, {"access_token": 123}, {"token": "A"}]
 )
 def test_an_answer_without_an_access_token_is_transient(payload):
-    with pytest.raises(TransientTokenError, match="has no 'access_token'"):
+    with pytest.raises(TransientTokenError, match="has no usable 'access_token'"):
         parse(payload)
+
+
+@pytest.mark.parametrize("access_token", [12345, "", "bad\ud800token", "has space", None])
+def test_a_new_refresh_token_is_kept_when_the_access_token_is_unusable(access_token):
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    tokens = get_provider("k-series").parse_token_response(
+        {"access_token": access_token, "refresh_token": "NEW"}, now=now
+    )
+    assert tokens.refresh_token == "NEW"
+    assert tokens.access_token == "" and tokens.unusable_access_token
+    assert tokens.expires_at == now  # expired: the next call refreshes with NEW
+
+
+@pytest.mark.parametrize("refresh_token", ["bad\ud800", 42, "a b"])
+def test_an_unusable_refresh_token_is_not_stored(refresh_token):
+    assert parse({"access_token": "A", "refresh_token": refresh_token}).refresh_token is None
 
 
 @pytest.mark.parametrize("payload", [[{"access_token": "A"}], "access_token", None, 42])
@@ -491,9 +507,18 @@ def test_an_absurd_expiry_is_read_as_unknown_and_the_tokens_kept(payload):
     assert tokens.expires_at is None and tokens.refresh_expires_at is None
 
 
-@pytest.mark.parametrize("value", ["soon", -5, 0, "1e400", {"s": 1}])
+@pytest.mark.parametrize("value", ["soon", "1e400", {"s": 1}, True])
 def test_an_unreadable_expires_in_leaves_the_expiry_unknown(value):
     assert parse({"access_token": "A", "expires_in": value}).expires_at is None
+
+
+@pytest.mark.parametrize("value", [-5, 0, "0"])
+def test_an_expires_in_of_zero_or_less_is_expired_not_eternal(value):
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    tokens = get_provider("k-series").parse_token_response(
+        {"access_token": "A", "expires_in": value}, now=now
+    )
+    assert tokens.expires_at == now
 
 
 def test_custom_response_keys_are_read():

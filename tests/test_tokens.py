@@ -173,6 +173,31 @@ def test_a_lost_answer_is_an_uncertain_outcome_not_retried_on_a_timer():
     assert len(uncertain) == 1
 
 
+@pytest.mark.parametrize("answer", [{"json": {"access_token": 12345}}, {"json": {"token_type": "bearer"}}])
+def test_a_json_success_that_cannot_be_used_is_uncertain_on_a_refresh(mocked, answer):
+    # A 2xx may have rotated the refresh token even when we cannot read the new one.
+    company = make_company(expires_in=60)
+    url = "https://api.trial.lsk.lightspeed.app/oauth/token"
+    mocked.add(responses.POST, url, status=200, **answer)
+    assert company.refresh() == "uncertain"
+
+
+def test_a_new_refresh_token_beside_an_unusable_access_token_is_kept(mocked):
+    company = make_company(expires_in=60)
+    url = "https://api.trial.lsk.lightspeed.app/oauth/token"
+    mocked.add(responses.POST, url, json={"access_token": "bad\ud800", "refresh_token": "NEW-RT"})
+    assert company.refresh() == "failed"
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.refresh_token == "NEW-RT"  # the old one is spent: this is the only valid one
+    assert stored.access_token == "" and stored.is_expired()
+    mocked.add(responses.POST, url, json={"access_token": "GOOD", "refresh_token": "NEWER", "expires_in": 60})
+    assert stored.get_access_token() == "GOOD"
+    assert (
+        mocked.calls[-1].request.url.endswith("refresh_token=NEW-RT")
+        or "NEW-RT" in mocked.calls[-1].request.url
+    )
+
+
 def test_an_expired_token_with_an_uncertain_outcome_raises_a_clear_error():
     company = make_company(expires_in=-10)
     with FakeTokenEndpoint(company.client) as fake:
