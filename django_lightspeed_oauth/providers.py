@@ -427,12 +427,11 @@ class Provider:
         """
         if not isinstance(payload, Mapping):
             raise TransientTokenError("The token endpoint answered JSON that is not an object.")
-        refresh_token = payload.get(self.refresh_token_key)
-        if not _usable_token(refresh_token):
-            refresh_token = None
-        access_token = payload.get(self.access_token_key)
+        found_refresh = payload.get(self.refresh_token_key)
+        refresh_token = found_refresh if _usable_token(found_refresh) else None
+        found_access = payload.get(self.access_token_key)
         now = now or datetime.now(UTC)
-        if not _usable_token(access_token):
+        if not _usable_token(found_access):
             if refresh_token is None:
                 raise TransientTokenError(
                     f"The token endpoint's answer has no usable {self.access_token_key!r}."
@@ -440,6 +439,7 @@ class Provider:
             return TokenSet(
                 access_token="", refresh_token=refresh_token, expires_at=now, unusable_access_token=True
             )
+        access_token = str(found_access)
         expires_at = None
         refresh_expires_at = None
         try:
