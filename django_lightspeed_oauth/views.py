@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from django.contrib.auth.views import redirect_to_login
 from django.core import signing
 from django.db import DatabaseError, IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
@@ -23,6 +23,7 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django.utils.decorators import method_decorator
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext as _
 from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
@@ -169,40 +170,70 @@ def _clean_reference(value: str) -> str:
 
 
 @method_decorator(never_cache, name="dispatch")
+@method_decorator(csrf_protect, name="dispatch")
 class ConnectView(FlowViewMixin, View):
-    """A staff member starts a flow for one API client: ``connect/<slug>/?next=&reference=``."""
+    """A staff member starts a flow for one API client: ``connect/<slug>/?next=&reference=``.
 
-    def get(self, request: HttpRequest, slug: str) -> HttpResponse:
+    A GET only shows what will happen, with a button; the flow starts with the POST that button
+    sends (CSRF-protected), so a link from another site cannot start a flow, nor choose the
+    reference and the page to return to, in the name of a logged-in staff member.
+    """
+
+    template_name = "lightspeed_oauth/connect.html"
+    http_method_names = ["get", "post", "head", "options"]
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not (request.user.is_staff and request.user.has_perm(app_settings.CONNECT_PERMISSION)):
             return self.flow_failed(
                 request,
                 FlowError(
-                    "Permission denied",
-                    "You are not allowed to connect Lightspeed companies.",
+                    _("Permission denied"),
+                    _("You are not allowed to connect Lightspeed companies."),
                     status=403,
                     reason="forbidden",
                 ),
             )
+        return super().dispatch(request, *args, **kwargs)
+
+    def clean(self, request: HttpRequest, data: Any) -> tuple[str, str]:
+        """The reference and the page to return to, from the query (GET) or the form (POST)."""
+        next_url = data.get("next", "")
+        if next_url and (
+            len(next_url) > NEXT_URL_MAX_LENGTH
+            or not url_has_allowed_host_and_scheme(
+                next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+            )
+        ):
+            raise FlowError(
+                _("Invalid next page"), _("The page to return to must be on this site."), reason="bad_next"
+            )
+        return _clean_reference(data.get("reference", "")), next_url
+
+    def get(self, request: HttpRequest, slug: str) -> HttpResponse:
         client = get_object_or_404(ApiClient, slug=slug, is_active=True)
         try:
-            next_url = request.GET.get("next", "")
-            if next_url and (
-                len(next_url) > NEXT_URL_MAX_LENGTH
-                or not url_has_allowed_host_and_scheme(
-                    next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
-                )
-            ):
-                raise FlowError(
-                    "Invalid next page", "The page to return to must be on this site.", reason="bad_next"
-                )
+            reference, next_url = self.clean(request, request.GET)
+            try:
+                provider = client.get_provider()
+                client.authorize_endpoint()  # a client that cannot start a flow says so now
+            except ConfigurationError as err:
+                raise _misconfigured(client, err) from None
+        except FlowError as err:
+            return self.flow_failed(request, err)
+        return TemplateResponse(
+            request,
+            self.template_name,
+            {"client": client, "provider": provider, "reference": reference, "next_url": next_url},
+        )
+
+    def post(self, request: HttpRequest, slug: str) -> HttpResponse:
+        client = get_object_or_404(ApiClient, slug=slug, is_active=True)
+        try:
+            reference, next_url = self.clean(request, request.POST)
             return self.start_flow(
-                request,
-                client,
-                created_by=request.user,
-                reference=_clean_reference(request.GET.get("reference", "")),
-                next_url=next_url,
+                request, client, created_by=request.user, reference=reference, next_url=next_url
             )
         except FlowError as err:
             return self.flow_failed(request, err)
@@ -263,7 +294,7 @@ class InviteView(FlowViewMixin, View):
 
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
-            client, reference, _ = self.load(token)
+            client, reference, _expires = self.load(token)
             response = self.start_flow(request, client, reference=reference, via_invitation=True)
             request.session[SESSION_INVITATION_KEY] = request.path
             return response

@@ -284,12 +284,16 @@ def test_change_page_shows_the_redirect_uri_to_register_notes_and_buttons(admin_
     assert 'value="http://testserver/lightspeed/callback/"' in content
     assert "Client ids start with devp-." in content  # the K-Series provider's notes
     connect = reverse("lightspeed_oauth:connect", args=[secret_client.slug])
-    assert f'<a id="connect-company" href="{connect}">' in content
+    # A form whose button posts (with the CSRF token), not a link that a GET could follow.
+    form = re.search(rf'<form method="post" action="{connect}">(.*?)</form>', content, re.S)
+    assert form and 'name="csrfmiddlewaretoken"' in form.group(1)
+    assert 'id="connect-company"' in form.group(1)
+    assert f'href="{connect}"' not in content
     assert f'id="create-invitation" href="{invitation_url(secret_client)}"' in content
 
 
 def test_connect_button_starts_a_flow(admin_client, secret_client):
-    response = admin_client.get(reverse("lightspeed_oauth:connect", args=[secret_client.slug]))
+    response = admin_client.post(reverse("lightspeed_oauth:connect", args=[secret_client.slug]))
 
     assert response.status_code == 302
     assert response["Location"].startswith(secret_client.authorize_endpoint())

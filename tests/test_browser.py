@@ -232,7 +232,7 @@ def consent(page, company: str, decision: str = "allow") -> None:
 def connect_from_admin(page, slug: str, company: str, shown_as: str = "") -> None:
     """Connect ``company`` (as the consent page names it; ``shown_as`` on the site, if different)."""
     open_api_client(page, slug)
-    page.click("a#connect-company")
+    page.click("#connect-company")
     consent(page, company)
     expect(page.locator("h1")).to_have_text("Connected")
     expect(page.locator("body")).to_contain_text(shown_as or company)
@@ -259,7 +259,7 @@ def test_staff_connects_a_company_from_the_admin(site, staff_page):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "admin-api-client.png"), full_page=True)
 
-    page.click("a#connect-company")
+    page.click("#connect-company")
     consent(page, "Harbour Bistro")
     expect(page.locator("h1")).to_have_text("Connected")
     expect(page.locator("body")).to_contain_text("Harbour Bistro")
@@ -295,7 +295,7 @@ def test_merchant_connects_with_an_invitation_link(site, staff_page, new_page):
 def test_a_k_series_user_with_two_businesses_chooses_one(site, staff_page):
     page = staff_page
     open_api_client(page, "sandbox-k-series-v2")
-    page.click("a#connect-company")
+    page.click("#connect-company")
     consent(page, "Corner Café")  # this demo user sees Corner Café and Northside Deli
 
     expect(page.locator("h1")).to_have_text("Choose the business to connect")
@@ -318,7 +318,7 @@ def test_a_k_series_user_with_two_businesses_chooses_one(site, staff_page):
 def test_denied_consent_shows_the_cancelled_page(site, staff_page):
     page = staff_page
     open_api_client(page, "sandbox-o-series")
-    page.click("a#connect-company")
+    page.click("#connect-company")
     consent(page, "Northside Deli", decision="deny")
     expect(page.locator("h1")).to_have_text("Connection cancelled")
     assert "/lightspeed/callback/" in page.url

@@ -27,7 +27,7 @@ TWO_BUSINESSES = k_series_businesses(
 
 
 def callback(browser, api_client, mocked, businesses=TWO_BUSINESSES, follow=False):
-    location = browser.get(f"/lightspeed/connect/{api_client.slug}/")["Location"]
+    location = browser.post(f"/lightspeed/connect/{api_client.slug}/")["Location"]
     state = dict(parse_qsl(urlsplit(location).query))["state"]
     mocked.add(responses.POST, TOKEN_URL, json=K_SERIES_V1_TOKEN)
     mocked.add(responses.GET, BUSINESSES_URL, json=businesses)
@@ -152,7 +152,7 @@ def test_every_page_of_businesses_is_read(staff_client, mocked, api_client, monk
         match=[responses.matchers.query_param_matcher({"page": "2", "size": "1"})],
     )
 
-    location = staff_client.get(f"/lightspeed/connect/{api_client.slug}/")["Location"]
+    location = staff_client.post(f"/lightspeed/connect/{api_client.slug}/")["Location"]
     state = dict(parse_qsl(urlsplit(location).query))["state"]
     mocked.add(responses.POST, TOKEN_URL, json=K_SERIES_V1_TOKEN)
     response = staff_client.get("/lightspeed/callback/", {"code": "c", "state": state})

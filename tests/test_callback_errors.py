@@ -42,7 +42,7 @@ TOKENS = {
 
 def start(browser, client) -> str:
     """Start a flow in ``browser`` and return its state."""
-    response = browser.get(f"/lightspeed/connect/{client.slug}/")
+    response = browser.post(f"/lightspeed/connect/{client.slug}/")
     assert response.status_code == 302
     return dict(parse_qsl(urlsplit(response["Location"]).query))["state"]
 
@@ -466,45 +466,55 @@ def test_connect_sends_an_anonymous_visitor_to_the_login_page(client, api_client
     response = client.get("/lightspeed/connect/kseries/?reference=r1")
     assert response.status_code == 302
     assert response["Location"] == ("/admin/login/?next=/lightspeed/connect/kseries/%3Freference%3Dr1")
+    response = client.post("/lightspeed/connect/kseries/", {"reference": "r1"})
+    assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
     assert not AuthorizationRequest.objects.exists()
 
 
-def test_connect_refuses_a_user_without_the_permission(client, api_client, django_user_model):
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_connect_refuses_a_user_without_the_permission(client, api_client, django_user_model, method):
     user = django_user_model.objects.create_user("clerk", password="pw", is_staff=True)
     client.force_login(user)
-    response = client.get("/lightspeed/connect/kseries/")
+    response = getattr(client, method)("/lightspeed/connect/kseries/")
     assert_error_page(response, 403, "forbidden", "not allowed to connect")
     assert not AuthorizationRequest.objects.exists()
 
 
-def test_connect_refuses_a_user_with_the_permission_who_is_not_staff(client, api_client, django_user_model):
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_connect_refuses_a_user_with_the_permission_who_is_not_staff(
+    client, api_client, django_user_model, method
+):
     from django.contrib.auth.models import Permission
 
     user = django_user_model.objects.create_user("merchant", password="pw", is_staff=False)
     user.user_permissions.add(Permission.objects.get(codename="add_connectedcompany"))
     client.force_login(user)
-    response = client.get("/lightspeed/connect/kseries/")
+    response = getattr(client, method)("/lightspeed/connect/kseries/")
     assert_error_page(response, 403, "forbidden", "not allowed to connect")
+    assert not AuthorizationRequest.objects.exists()
 
 
 @lightspeed_settings(CONNECT_PERMISSION="auth.view_user")
 def test_connect_permission_follows_the_setting(staff_client, api_client):
-    response = staff_client.get("/lightspeed/connect/kseries/")
-    assert response.status_code == 403
+    assert staff_client.get("/lightspeed/connect/kseries/").status_code == 403
+    assert staff_client.post("/lightspeed/connect/kseries/").status_code == 403
 
 
-def test_connect_answers_404_for_an_unknown_client(staff_client, api_client):
-    assert staff_client.get("/lightspeed/connect/no-such-client/").status_code == 404
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_connect_answers_404_for_an_unknown_client(staff_client, api_client, method):
+    assert getattr(staff_client, method)("/lightspeed/connect/no-such-client/").status_code == 404
     assert not AuthorizationRequest.objects.exists()
 
 
-def test_connect_answers_404_for_an_inactive_client(staff_client, api_client):
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_connect_answers_404_for_an_inactive_client(staff_client, api_client, method):
     api_client.is_active = False
     api_client.save()
-    assert staff_client.get("/lightspeed/connect/kseries/").status_code == 404
+    assert getattr(staff_client, method)("/lightspeed/connect/kseries/").status_code == 404
     assert not AuthorizationRequest.objects.exists()
 
 
+@pytest.mark.parametrize("method", ["get", "post"])
 @pytest.mark.parametrize(
     "next_url",
     [
@@ -516,25 +526,27 @@ def test_connect_answers_404_for_an_inactive_client(staff_client, api_client):
     ],
     ids=["other-host", "scheme-relative", "lookalike", "javascript", "too-long"],
 )
-def test_connect_refuses_a_next_page_off_this_site(staff_client, api_client, next_url):
-    response = staff_client.get("/lightspeed/connect/kseries/", {"next": next_url})
+def test_connect_refuses_a_next_page_off_this_site(staff_client, api_client, next_url, method):
+    response = getattr(staff_client, method)("/lightspeed/connect/kseries/", {"next": next_url})
     assert_error_page(response, 400, "bad_next", "must be on this site")
     assert not AuthorizationRequest.objects.exists()
 
 
+@pytest.mark.parametrize("method", ["get", "post"])
 @pytest.mark.parametrize(
     "reference", ["r" * 256, "line\nbreak", "nul\x00"], ids=["too-long", "newline", "nul"]
 )
-def test_connect_refuses_a_bad_reference(staff_client, api_client, reference):
-    response = staff_client.get("/lightspeed/connect/kseries/", {"reference": reference})
+def test_connect_refuses_a_bad_reference(staff_client, api_client, reference, method):
+    response = getattr(staff_client, method)("/lightspeed/connect/kseries/", {"reference": reference})
     assert_error_page(response, 400, "bad_reference", "at most 255 printable characters")
     assert not AuthorizationRequest.objects.exists()
 
 
-def test_connect_with_a_misconfigured_client_gives_a_clear_page(staff_client):
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_connect_with_a_misconfigured_client_gives_a_clear_page(staff_client, method):
     client = make_client(provider="k-series", environment="trial")
     type(client).objects.filter(pk=client.pk).update(provider="custom")  # custom needs URLs
-    response = staff_client.get(f"/lightspeed/connect/{client.slug}/")
+    response = getattr(staff_client, method)(f"/lightspeed/connect/{client.slug}/")
     assert_error_page(response, 500, "misconfigured", "misconfigured")
     assert not AuthorizationRequest.objects.exists()
 

@@ -135,7 +135,7 @@ CASES = [
 
 
 def start(staff_client, client):
-    response = staff_client.get(f"/lightspeed/connect/{client.slug}/")
+    response = staff_client.post(f"/lightspeed/connect/{client.slug}/")
     assert response.status_code == 302
     return urlsplit(response["Location"])
 
@@ -476,7 +476,7 @@ def test_company_connected_signal_and_next_redirect(staff_client, mocked, api_cl
         lambda **kw: received.append(kw), weak=False, dispatch_uid="test-connected"
     )
     try:
-        response = staff_client.get(
+        response = staff_client.post(
             "/lightspeed/connect/kseries/", {"next": "/admin/", "reference": "shop-12"}
         )
         state = dict(parse_qsl(urlsplit(response["Location"]).query))["state"]

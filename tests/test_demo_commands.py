@@ -311,7 +311,11 @@ def test_every_demo_client_connects_through_the_sandbox(live_server, settings, c
 
     browser = requests.Session()
     browser.cookies.set("sessionid", client.cookies["sessionid"].value)
-    consent = browser.get(f"{live_server.url}/lightspeed/connect/{demo.slug}/", timeout=30)
+    confirm = browser.get(f"{live_server.url}/lightspeed/connect/{demo.slug}/", timeout=30)
+    assert confirm.status_code == 200, confirm.text[:500]
+    consent = browser.post(
+        confirm.url, data=_form_fields(confirm.text), headers={"Referer": confirm.url}, timeout=30
+    )
     assert consent.status_code == 200, consent.text[:500]
     assert 'name="company"' in consent.text
     company_id = re.search(r'name="company" value="([^"]+)"', consent.text).group(1)

@@ -36,7 +36,7 @@ def test_success_redirects_to_a_clean_address_that_shows_success_again_on_reload
     staff_client, staff, api_client, mocked
 ):
     staff.user_permissions.add(Permission.objects.get(codename="view_connectedcompany"))
-    state = state_of(staff_client.get(f"/lightspeed/connect/{api_client.slug}/"))
+    state = state_of(staff_client.post(f"/lightspeed/connect/{api_client.slug}/"))
     answer(mocked)
 
     response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
@@ -55,7 +55,7 @@ def test_success_redirects_to_a_clean_address_that_shows_success_again_on_reload
 
 
 def test_staff_who_may_not_see_companies_in_the_admin_get_no_link_to_it(staff_client, api_client, mocked):
-    state = state_of(staff_client.get(f"/lightspeed/connect/{api_client.slug}/"))
+    state = state_of(staff_client.post(f"/lightspeed/connect/{api_client.slug}/"))
     answer(mocked)
 
     body = staff_client.get(CALLBACK, {"code": "c0de", "state": state}, follow=True).content.decode()
@@ -78,7 +78,7 @@ def test_a_merchant_is_told_they_may_close_the_page(client, api_client, mocked):
 def test_a_cancelled_staff_flow_offers_to_try_again_with_the_same_reference_and_next(
     staff_client, api_client
 ):
-    start = staff_client.get(
+    start = staff_client.post(
         f"/lightspeed/connect/{api_client.slug}/", {"reference": "crm-7", "next": "/admin/"}
     )
     state = state_of(start)
@@ -95,7 +95,9 @@ def test_a_cancelled_staff_flow_offers_to_try_again_with_the_same_reference_and_
             'id="try-again" href="/lightspeed/connect/kseries/?reference=crm-7&amp;next=%2Fadmin%2F"' in body
         )
     again = staff_client.get(f"/lightspeed/connect/{api_client.slug}/?reference=crm-7&next=%2Fadmin%2F")
-    assert again.status_code == 302  # the link starts a new flow
+    assert again.status_code == 200  # the confirmation page, with the same reference and next
+    body = again.content.decode()
+    assert 'name="reference" value="crm-7"' in body and 'name="next" value="/admin/"' in body
 
 
 def test_a_cancelled_invitation_leads_back_to_the_invitation_page(client, api_client):
@@ -110,7 +112,7 @@ def test_a_cancelled_invitation_leads_back_to_the_invitation_page(client, api_cl
 
 
 def test_a_failed_exchange_offers_to_try_again(staff_client, api_client, mocked):
-    state = state_of(staff_client.get(f"/lightspeed/connect/{api_client.slug}/"))
+    state = state_of(staff_client.post(f"/lightspeed/connect/{api_client.slug}/"))
     mocked.add(responses.POST, TOKEN_URL, status=503, json={"error": "temporarily_unavailable"})
 
     page = staff_client.get(CALLBACK, {"code": "c0de", "state": state}, follow=True)
@@ -127,7 +129,7 @@ def test_the_result_page_without_a_flow_in_this_browser_says_so(client):
 
 
 def test_another_browser_does_not_see_the_result(staff_client, api_client, mocked):
-    state = state_of(staff_client.get(f"/lightspeed/connect/{api_client.slug}/"))
+    state = state_of(staff_client.post(f"/lightspeed/connect/{api_client.slug}/"))
     answer(mocked)
     staff_client.get(CALLBACK, {"code": "c0de", "state": state})
 
