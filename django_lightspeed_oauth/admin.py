@@ -34,7 +34,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from . import tokens
 from .conf import app_settings
-from .exceptions import LightspeedOAuthError
+from .exceptions import DecryptionError, LightspeedOAuthError
 from .forms import ApiClientAdminForm, CompanyInvitationForm, InvitationForm
 from .mail import company_invitation_url, invitation_address, send_invitation
 from .models import ApiClient, AuthorizationRequest, ConnectedCompany, Overview, TokenEvent
@@ -54,6 +54,17 @@ Status = ConnectedCompany.Status
 
 #: How many of a company's newest token events its change page shows.
 RECENT_EVENTS = 50
+
+
+def _fingerprint_shown(obj: Any, name: str) -> str:
+    """A secret's fingerprint, or "cannot decrypt" (with why) for a row this process cannot read."""
+    try:
+        return getattr(obj, name)
+    except DecryptionError as err:
+        # The reason names the row and the setting, never a secret.
+        return format_html(
+            '<span class="ls-undecryptable" title="{}">{}</span>', err.message, _("cannot decrypt")
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -275,7 +286,7 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("stored secret"))
     def client_secret_fingerprint(self, obj: ApiClient) -> str:
-        return obj.client_secret_fingerprint or str(_("(none)"))
+        return _fingerprint_shown(obj, "client_secret_fingerprint") or str(_("(none)"))
 
     @admin.display(description=_("Redirect URI to register"))
     def redirect_uri_to_register(self, obj: ApiClient) -> str:
@@ -672,9 +683,19 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_badge(self, obj: ConnectedCompany) -> str:
-        return format_html(
+        badge = format_html(
             '<span class="ls-status ls-status-{}">{}</span>', obj.status, obj.get_status_display()
         )
+        problem = obj.undecryptable_reason()
+        if problem:
+            # A key this process lacks (or a value that fails its check): say so rather than crash.
+            badge = format_html(
+                '{} <strong class="ls-expired ls-undecryptable" title="{}">{}</strong>',
+                badge,
+                problem,
+                _("cannot decrypt"),
+            )
+        return badge
 
     @admin.display(description=_("Expires in"), ordering="expires_at")
     def expires_in(self, obj: ConnectedCompany) -> str:
@@ -685,11 +706,11 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("access token"))
     def access_token_fingerprint(self, obj: ConnectedCompany) -> str:
-        return obj.access_token_fingerprint
+        return _fingerprint_shown(obj, "access_token_fingerprint")
 
     @admin.display(description=_("refresh token"))
     def refresh_token_fingerprint(self, obj: ConnectedCompany) -> str:
-        return obj.refresh_token_fingerprint
+        return _fingerprint_shown(obj, "refresh_token_fingerprint")
 
     @admin.display(description=_("history"))
     def token_events_link(self, obj: ConnectedCompany) -> str:

@@ -9,11 +9,20 @@ from functools import lru_cache
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 from .conf import app_settings
 from .exceptions import ConfigurationError, DecryptionError
 
-__all__ = ["EncryptedTextField", "configured_keys", "decrypt", "encrypt", "fingerprint", "rotate"]
+__all__ = [
+    "EncryptedTextField",
+    "Sealed",
+    "configured_keys",
+    "decrypt",
+    "encrypt",
+    "fingerprint",
+    "rotate",
+]
 
 
 def _derived_key(secret_key: str) -> bytes:
@@ -90,12 +99,68 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
-class EncryptedTextField(models.TextField):
-    """A text field whose value is plain text in Python and Fernet ciphertext in the database.
+class Sealed:
+    """A secret as the database holds it (ciphertext), decrypted only when it is read.
 
+    Loading a row never decrypts: a row that cannot be decrypted (a key this process lacks, say)
+    can still be listed, counted and skipped, and only reading its secret raises
+    :class:`DecryptionError`.
+    """
+
+    __slots__ = ("_plaintext", "ciphertext")
+
+    def __init__(self, ciphertext: str) -> None:
+        self.ciphertext = ciphertext
+        self._plaintext: str | None = None
+
+    def __repr__(self) -> str:
+        return "<sealed secret>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sealed) and other.ciphertext == self.ciphertext
+
+    def __hash__(self) -> int:
+        return hash(self.ciphertext)
+
+    def open(self) -> str:
+        if self._plaintext is None:
+            self._plaintext = decrypt(self.ciphertext)
+        return self._plaintext
+
+
+class _SecretAttribute(DeferredAttribute):
+    """Reads of an encrypted field: a sealed value is decrypted on first read, per instance.
+
+    A data descriptor (it has ``__set__``), so that it sees reads of a value already loaded.
+    """
+
+    def __set__(self, instance, value) -> None:
+        instance.__dict__[self.field.attname] = value
+
+    def __get__(self, instance, cls=None):
+        if instance is None:
+            return self
+        value = super().__get__(instance, cls)
+        if not isinstance(value, Sealed):
+            return value
+        try:
+            return value.open()
+        except DecryptionError as err:
+            # Which row and which secret (never its value), so that a log line points at it.
+            field = str(self.field.verbose_name).capitalize()
+            where = f"{field} of {instance._meta.verbose_name} {instance.pk}"
+            raise DecryptionError(f"{where}: {err.message}") from None
+
+
+class EncryptedTextField(models.TextField):
+    """A text field whose value is plain text in Python and ciphertext in the database.
+
+    Rows load without decrypting; a value is decrypted when it is first read (see :class:`Sealed`).
     It cannot be searched or filtered on (every encryption of a value differs), so it is not
     editable in forms by default: a form that shows it would show the secret.
     """
+
+    descriptor_class = _SecretAttribute
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("editable", False)
@@ -106,9 +171,17 @@ class EncryptedTextField(models.TextField):
     def from_db_value(self, value, expression, connection):
         if value is None or value == "":
             return value
-        return decrypt(value)
+        return Sealed(value)
+
+    def pre_save(self, model_instance, add):
+        # The stored value as it is: a sealed value that was never read is written back unchanged.
+        if self.attname in model_instance.__dict__:
+            return model_instance.__dict__[self.attname]
+        return super().pre_save(model_instance, add)
 
     def get_prep_value(self, value):
+        if isinstance(value, Sealed):
+            return value.ciphertext
         value = super().get_prep_value(value)
         if value is None or value == "":
             return value

@@ -18,7 +18,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
 from .crypto import EncryptedTextField, fingerprint
-from .exceptions import ConfigurationError, ProviderError
+from .exceptions import ConfigurationError, DecryptionError, ProviderError
 from .providers import (
     ENVIRONMENTS,
     BusinessLocation,
@@ -545,6 +545,15 @@ class ConnectedCompany(models.Model):
     @property
     def refresh_token_fingerprint(self) -> str:
         return fingerprint(self.refresh_token)
+
+    def undecryptable_reason(self) -> str:
+        """Why this process cannot decrypt the company's tokens, or "" when it can (never a secret)."""
+        try:
+            self.access_token  # noqa: B018
+            self.refresh_token  # noqa: B018
+        except DecryptionError as err:
+            return err.message
+        return ""
 
     @property
     def business_locations(self) -> list[BusinessLocation]:

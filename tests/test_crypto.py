@@ -107,10 +107,13 @@ def test_removing_a_key_before_rotating_fails_clearly_without_showing_the_secret
     with encryption_keys(key_a):
         company = make_company(access_token=ACCESS, refresh_token=REFRESH)
 
-    with encryption_keys(key_b), pytest.raises(DecryptionError) as caught:
-        ConnectedCompany.objects.get(pk=company.pk)
+    with encryption_keys(key_b):
+        loaded = ConnectedCompany.objects.get(pk=company.pk)  # loading does not decrypt
+        with pytest.raises(DecryptionError) as caught:
+            loaded.refresh_token  # noqa: B018
 
     message = str(caught.value)
+    assert f"Refresh token of connected company {company.pk}" in message
     assert 'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"]' in message
     assert "rotate_lightspeed_keys" in message
     assert ACCESS not in message and REFRESH not in message

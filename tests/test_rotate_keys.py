@@ -123,9 +123,9 @@ def test_a_refresh_during_rotation_is_not_overwritten(old_data, monkeypatch):
         monkeypatch.setattr(crypto, "decrypt", decrypt_while_a_refresh_lands)
         rotate_keys()
 
-    with encryption_keys(NEW):
+    with encryption_keys(NEW):  # secrets are decrypted when read, with the keys then in force
         company = ConnectedCompany.objects.get(pk=company.pk)
-    assert (company.access_token, company.refresh_token) == ("access-2", "refresh-2")
+        assert (company.access_token, company.refresh_token) == ("access-2", "refresh-2")
     assert company.token_version == 1
 
 
