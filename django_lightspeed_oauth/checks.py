@@ -213,13 +213,15 @@ def _scope_and_credential_checks(client: Any) -> list:
             )
         )
     if client.credentials_refused_at:
+        # A warning, not an error: an error would stop migrate and every other command, and with
+        # them the deployment that fixes the client.
         messages.append(
-            Error(
+            Warning(
                 f"API client {client.slug!r}: Lightspeed refused its credentials "
                 f"({client.credentials_error}); its companies are not being refreshed.",
                 hint="Correct the client id, secret or endpoints in the admin and save the client.",
                 obj=client,
-                id="lightspeed_oauth.E010",
+                id="lightspeed_oauth.W004",
             )
         )
     return messages

@@ -2,8 +2,8 @@
 
 A refresher takes a company's lease for ``LOCK_TIMEOUT`` seconds (database clock). While its token
 request is in flight, and while it stores the answer, this process renews the lease every
-``LOCK_RENEW_INTERVAL`` seconds, in one UPDATE for all the leases it holds, up to
-``REFRESH_MAX_DURATION`` after the lease was taken. A process that dies or is frozen renews nothing,
+``LOCK_RENEW_INTERVAL`` seconds, in one UPDATE for all the leases it holds, for at most
+:func:`max_hold` seconds after the lease was taken. A process that dies or is frozen renews nothing,
 so its leases end within ``LOCK_TIMEOUT`` and another process may take over.
 """
 
@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from django.db import DatabaseError, connections, router
+from django.db import connections, router
 
 from .conf import app_settings
 
-__all__ = ["keep", "renew_interval"]
+__all__ = ["keep", "max_hold", "renew_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +31,26 @@ def renew_interval() -> float:
     return interval if interval else app_settings.LOCK_TIMEOUT / 3
 
 
-class _Keeper:
-    """The process's renewal thread and the leases it keeps (lock ids)."""
+def max_hold() -> float:
+    """Seconds a lease is kept after it was taken, at most.
 
-    def __init__(self) -> None:
+    A refresh gives up on its token answer ``REFRESH_MAX_DURATION`` after sending the request, and
+    a single read may block ``REFRESH_READ_TIMEOUT`` past that; ``LOCK_TIMEOUT`` more leaves room
+    to store the answer. A thread stuck beyond that loses its lease ``LOCK_TIMEOUT`` later.
+    """
+    return app_settings.REFRESH_MAX_DURATION + app_settings.REFRESH_READ_TIMEOUT + app_settings.LOCK_TIMEOUT
+
+
+#: Seconds before a renewal that failed is tried again (the database went away for a moment).
+RETRY_AFTER_FAILURE = 0.25
+
+
+class _Keeper:
+    """The process's renewal thread and the leases it keeps (lock id -> monotonic time taken)."""
+
+    def __init__(self, leases: dict[str, float] | None = None) -> None:
         self.pid = os.getpid()
-        self.lock_ids: set[str] = set()
+        self.leases: dict[str, float] = dict(leases or {})
         self.changed = threading.Condition()
         self.thread = threading.Thread(target=self.run, name="lightspeed-lease-keeper", daemon=True)
         self.thread.start()
@@ -45,27 +59,30 @@ class _Keeper:
         from .models import ConnectedCompany
 
         alias = router.db_for_write(ConnectedCompany)
+        wait = renew_interval()
         while True:
             with self.changed:
-                while not self.lock_ids:
+                while not self.leases:
                     self.changed.wait()
-            time.sleep(renew_interval())
+            time.sleep(wait)
+            wait = renew_interval()
+            now = time.monotonic()
             with self.changed:
-                held = list(self.lock_ids)
+                held = [lock_id for lock_id, taken in self.leases.items() if now - taken < max_hold()]
             if not held:
                 continue
             try:
-                ConnectedCompany.objects.renew_leases(
-                    held,
-                    lease=app_settings.LOCK_TIMEOUT,
-                    ceiling=app_settings.REFRESH_MAX_DURATION,
-                )
-            except DatabaseError as err:
-                # The holders go on; their leases end unless a later renewal gets through.
+                ConnectedCompany.objects.renew_leases(held, lease=app_settings.LOCK_TIMEOUT)
+            except Exception as err:
+                # The holders go on; their leases end unless a renewal gets through in time.
                 logger.warning("Could not renew %s refresh lease(s): %s", len(held), type(err).__name__)
+                wait = min(RETRY_AFTER_FAILURE, wait)
             finally:
                 # Hold no connection while sleeping (nor one a test database's teardown would wait on).
-                connections[alias].close()
+                try:
+                    connections[alias].close()
+                except Exception:
+                    logger.debug("Closing the lease keeper's connection failed", exc_info=True)
 
 
 _keeper: _Keeper | None = None
@@ -75,22 +92,24 @@ _keeper_lock = threading.Lock()
 def _process_keeper() -> _Keeper:
     global _keeper
     with _keeper_lock:
-        # After a fork the parent's thread does not exist in the child: start one of its own.
-        if _keeper is None or _keeper.pid != os.getpid():
-            _keeper = _Keeper()
+        # After a fork the parent's thread does not exist in the child; a thread that died (it
+        # should not) is replaced, and the leases it kept move to the new one.
+        if _keeper is None or _keeper.pid != os.getpid() or not _keeper.thread.is_alive():
+            kept = _keeper.leases if _keeper is not None and _keeper.pid == os.getpid() else {}
+            _keeper = _Keeper(kept)
         return _keeper
 
 
 @contextmanager
 def keep(lock_id: str) -> Iterator[None]:
-    """Renew the lease ``lock_id`` while the block runs."""
+    """Renew the lease ``lock_id`` while the block runs (for at most :func:`max_hold` seconds)."""
     keeper = _process_keeper()
     with keeper.changed:
-        if not keeper.lock_ids:
+        if not keeper.leases:
             keeper.changed.notify_all()  # start counting the interval
-        keeper.lock_ids.add(lock_id)
+        keeper.leases[lock_id] = time.monotonic()
     try:
         yield
     finally:
         with keeper.changed:
-            keeper.lock_ids.discard(lock_id)
+            keeper.leases.pop(lock_id, None)

@@ -11,7 +11,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
-from django.db.models.functions import Now
+from django.db.models.functions import Coalesce, Now
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -311,33 +311,42 @@ class ConnectedCompanyQuerySet(models.QuerySet):
             ).update(**_leased(lock_id, lease))
         )
 
-    def renew_leases(self, lock_ids: list[str], *, lease: float, ceiling: float) -> int:
-        """Extend the leases of live refreshers, up to ``ceiling`` seconds after each began."""
-        return self.filter(
-            refresh_lock_id__in=lock_ids, refresh_lock_started_at__gt=Now() - _seconds(ceiling)
-        ).update(refresh_lock_until=Now() + _seconds(lease))
+    def renew_leases(self, lock_ids: list[str], *, lease: float) -> int:
+        """Extend the leases of live refreshers (the caller decides for how long it keeps each).
+
+        A lease marked as run out but not taken over yet is taken back: its holder is alive after
+        all (held up by the database, say), and no other refresher has spent the token.
+        """
+        return self.filter(refresh_lock_id__in=lock_ids).update(
+            refresh_lock_until=Now() + _seconds(lease),
+            refresh_lock_started_at=Coalesce(F("refresh_lock_started_at"), Now()),
+        )
 
     def store_refreshed(self, pk: int, *, lock_id: str, values: dict[str, Any]) -> bool:
         """The lease holder stores new tokens and lets go of the lease."""
         return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**{**_STORED, **values}))
 
-    def store_refreshed_late(self, pk: int, *, version: int, status: str, values: dict[str, Any]) -> bool:
+    def store_refreshed_late(self, pk: int, *, version: int, values: dict[str, Any]) -> bool:
         """A refresher whose lease ran out stores its tokens, only if nothing happened meanwhile:
-        same tokens, same status, and nobody holding a live lease. A newer outcome always wins."""
+        same tokens, still refreshable (not disconnected, not waiting for the merchant), and nobody
+        holding a live lease. A newer outcome always wins."""
         nobody_else = _lock_free() | Q(refresh_lock_until__lt=Now())
+        refreshable = [
+            ConnectedCompany.Status.ACTIVE,
+            ConnectedCompany.Status.FAILING,
+            ConnectedCompany.Status.UNCERTAIN,
+        ]
         return bool(
-            self.filter(pk=pk, token_version=version, status=status)
+            self.filter(pk=pk, token_version=version, status__in=refreshable)
             .filter(nobody_else)
             .update(**values, **_STORED)
         )
 
-    def record_transient_failure(
-        self, pk: int, *, lock_id: str, failures: int, message: str, retry_in: float
-    ) -> bool:
+    def record_transient_failure(self, pk: int, *, lock_id: str, message: str, retry_in: float) -> bool:
         return bool(
             self.filter(pk=pk, refresh_lock_id=lock_id).update(
                 status=ConnectedCompany.Status.FAILING,
-                failure_count=failures,
+                failure_count=F("failure_count") + 1,
                 last_error=message,
                 next_attempt_at=Now() + _seconds(retry_in),
                 **_RELEASED,

@@ -268,10 +268,14 @@ def _read_token_response(
         # token endpoint that we cannot use may still have rotated the refresh token: on a
         # refresh, that outcome is uncertain.
         if payload is None:
+            # A body that says it is JSON, or looks like it, came from the token endpoint itself:
+            # it may have rotated the token even though we cannot read the answer.
+            looks_json = "json" in _content_type(response) or body.lstrip()[:1] in (b"{", b"[")
             raise TransientTokenError(
-                f"The token endpoint answered {status} with something that is not JSON "
+                f"The token endpoint answered {status} with something that is not readable JSON "
                 f"({_content_type(response)}).",
                 status_code=status,
+                maybe_spent=refresh and looks_json,
             )
         try:
             return provider.parse_token_response(payload)
@@ -301,7 +305,9 @@ def _read_token_response(
             error=error,
             retry_after=_retry_after(response),
         )
-    if error in CLIENT_ERRORS or (status == 401 and not error):
+    # A bare 401 (no error code) is not evidence against the client: it may concern this grant
+    # only, so it stays a failure of this company rather than stopping every company of the client.
+    if error in CLIENT_ERRORS:
         raise InvalidClient(
             f"The token endpoint refused the API client's credentials{detail}: check the client "
             "id and secret.",

@@ -291,7 +291,6 @@ def _take_lease(company: ConnectedCompany, lock_id: str, force: bool, grace: flo
 @sensitive_variables()
 def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> RefreshResult:
     """We hold the lease: ask the token endpoint once, then store what it said."""
-    status_before = company.status
     with leases.keep(lock_id):
         try:
             tokens = _request_new_tokens(company)
@@ -308,7 +307,7 @@ def _refresh_locked(company: ConnectedCompany, lock_id: str, waited: bool) -> Re
             raise
         # Persist first: the old refresh token is spent, the new one exists nowhere else. The lease
         # is kept alive while storing is retried.
-        stored = _store(company, tokens, lock_id, status_before)
+        stored = _store(company, tokens, lock_id)
     if not stored:
         company.refresh_from_db(fields=_REREAD_FIELDS)
         return RefreshResult(company, FRESH, waited=True)
@@ -365,7 +364,7 @@ def _new_values(company: ConnectedCompany, tokens: Any) -> dict[str, Any]:
 
 
 @sensitive_variables()
-def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: str) -> bool:
+def _store(company: ConnectedCompany, tokens: Any, lock_id: str) -> bool:
     """Store the new tokens; False when a newer outcome won meanwhile (nothing was overwritten)."""
     values = _new_values(company, tokens)
     manager = ConnectedCompany.objects
@@ -383,9 +382,7 @@ def _store(company: ConnectedCompany, tokens: Any, lock_id: str, status_before: 
         # lease). Keep the tokens only if nothing happened since: a newer outcome always wins.
         logger.error("Refresh lock of company %s was lost before its new tokens were stored", company.pk)
         if _retrying(
-            lambda: manager.store_refreshed_late(
-                company.pk, version=company.token_version, status=status_before, values=values
-            ),
+            lambda: manager.store_refreshed_late(company.pk, version=company.token_version, values=values),
             seconds=persist_for,
             what="storing new tokens",
             company_pk=company.pk,
@@ -546,7 +543,7 @@ def _fail_for_now(company: ConnectedCompany, err: TokenEndpointError, lock_id: s
     failures = company.failure_count + 1
     delay = _backoff(failures, err)
     if not ConnectedCompany.objects.record_transient_failure(
-        company.pk, lock_id=lock_id, failures=failures, message=err.message, retry_in=delay
+        company.pk, lock_id=lock_id, message=err.message, retry_in=delay
     ):
         return _lease_lost(company)
     company.status = ConnectedCompany.Status.FAILING
@@ -684,7 +681,10 @@ class CompanySession(requests.Session):
         if response.status_code != 401:
             return response
         logger.info("API answered 401 for company %s; refreshing once", self.company.pk)
-        if self.company.token_version == version:
+        # Force a refresh only for a company that is refreshing well: one that is failing,
+        # uncertain or waiting for the merchant gets nothing from forcing, and an uncertain one
+        # could spend a refresh token twice.
+        if self.company.token_version == version and self.company.status == ConnectedCompany.Status.ACTIVE:
             refresh(self.company, force=True)
         headers["Authorization"] = f"Bearer {self.company.get_access_token()}"
         return super().request(method, url, *args, headers=headers, **kwargs)

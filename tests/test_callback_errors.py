@@ -298,9 +298,13 @@ TOKEN_FAILURES = [
     (
         "html-200",
         dict(status=200, body="<html><body>Maintenance</body></html>", content_type="text/html"),
-        "not JSON (text/html)",
+        "not readable JSON (text/html)",
     ),
-    ("invalid-json", dict(status=200, body="{not json", content_type="application/json"), "not JSON"),
+    (
+        "invalid-json",
+        dict(status=200, body="{not json", content_type="application/json"),
+        "not readable JSON",
+    ),
     (
         "no-access-token",
         dict(status=200, json={"token_type": "bearer", "expires_in": 60}),

@@ -182,6 +182,65 @@ def test_a_json_success_that_cannot_be_used_is_uncertain_on_a_refresh(mocked, an
     assert company.refresh() == "uncertain"
 
 
+@pytest.mark.parametrize(
+    ("headers", "body", "outcome", "status"),
+    [
+        # Says it is JSON (or looks like it) but cannot be read: the token endpoint answered, and
+        # may have rotated the token.
+        ({"Content-Type": "application/json"}, '{"access_token": "A", "refresh', "uncertain", "uncertain"),
+        ({"Content-Type": "text/plain"}, "[" * 100_000, "uncertain", "uncertain"),
+        # A proxy's maintenance page: the request never reached the token endpoint's logic.
+        ({"Content-Type": "text/html"}, "<html>Back soon</html>", "failed", "failing"),
+    ],
+)
+def test_an_unreadable_2xx_is_uncertain_only_when_it_came_as_json(mocked, headers, body, outcome, status):
+    company = make_company(expires_in=60)
+    url = "https://api.trial.lsk.lightspeed.app/oauth/token"
+    mocked.add(responses.POST, url, status=200, body=body, headers=headers)
+    assert company.refresh() == outcome
+    assert ConnectedCompany.objects.get(pk=company.pk).status == status
+
+
+def test_a_bare_401_is_a_failure_of_the_company_not_a_refused_client(mocked):
+    company = make_company(expires_in=60)
+    other = make_company(client=company.client, expires_in=60)
+    url = "https://api.trial.lsk.lightspeed.app/oauth/token"
+    mocked.add(responses.POST, url, status=401, body="")
+    assert company.refresh() == "failed"
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.status == "failing" and stored.next_attempt_at is not None
+    assert "401" in stored.last_error
+    assert ApiClient.objects.get(pk=company.client.pk).credentials_refused_at is None
+    # The client's other companies are refreshed as usual.
+    mocked.replace(
+        responses.POST, url, json={"access_token": "A2", "refresh_token": "R2", "expires_in": 3600}
+    )
+    assert other.refresh() == "refreshed"
+
+
+def test_api_session_forces_no_refresh_for_a_company_that_is_not_active(mocked):
+    company = make_company(expires_in=3600)
+    ConnectedCompany.objects.filter(pk=company.pk).update(status="uncertain")
+    company.refresh_from_db()
+    url = "https://api.trial.lsk.lightspeed.app/f/data/businesses"
+    mocked.add(responses.GET, url, status=401)
+    with FakeTokenEndpoint(company.client, mock=mocked) as fake:
+        response = company.api_session().get("/f/data/businesses")
+    assert response.status_code == 401
+    # An uncertain company's refresh token may be spent: only staff's Refresh now may try it.
+    assert fake.refresh_count == 0
+
+
+def test_a_late_write_is_kept_over_a_failure_recorded_meanwhile():
+    company = make_company(expires_in=60)
+    ConnectedCompany.objects.filter(pk=company.pk).update(status="failing", failure_count=1)
+    assert ConnectedCompany.objects.store_refreshed_late(
+        company.pk, version=company.token_version, values={"access_token": "late", "refresh_token": "late"}
+    )
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.status == "active" and stored.refresh_token == "late" and stored.failure_count == 0
+
+
 def test_a_new_refresh_token_beside_an_unusable_access_token_is_kept(mocked):
     company = make_company(expires_in=60)
     url = "https://api.trial.lsk.lightspeed.app/oauth/token"
@@ -582,7 +641,7 @@ def test_a_late_write_never_turns_a_newer_outcome_back():
     version = company.token_version
     ConnectedCompany.objects.filter(pk=company.pk).update(status="reauthorization_required")
     stored = ConnectedCompany.objects.store_refreshed_late(
-        company.pk, version=version, status="active", values={"access_token": "late", "refresh_token": "late"}
+        company.pk, version=version, values={"access_token": "late", "refresh_token": "late"}
     )
     assert not stored
     assert ConnectedCompany.objects.get(pk=company.pk).status == "reauthorization_required"
@@ -594,22 +653,32 @@ def test_a_late_write_never_overwrites_a_live_holder():
         refresh_lock_id="other", refresh_lock_until=Now() + timedelta(seconds=30)
     )
     assert not ConnectedCompany.objects.store_refreshed_late(
-        company.pk, version=company.token_version, status="active", values={"access_token": "late"}
+        company.pk, version=company.token_version, values={"access_token": "late"}
     )
 
 
-def test_a_live_lease_is_renewed_until_the_ceiling():
+def test_a_live_lease_is_renewed_and_a_marked_one_taken_back():
     company = make_company(expires_in=60)
     ConnectedCompany.objects.filter(pk=company.pk).update(
         refresh_lock_id="mine", refresh_lock_until=Now() + timedelta(seconds=1), refresh_lock_started_at=Now()
     )
-    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60, ceiling=600) == 1
+    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60) == 1
     left = ConnectedCompany.objects.get(pk=company.pk).refresh_lock_until - timezone.now()
     assert left > timedelta(seconds=55)
-    ConnectedCompany.objects.filter(pk=company.pk).update(
-        refresh_lock_started_at=Now() - timedelta(seconds=601)
+    # A waiter marked the lease as run out; the holder renews before the grace ends: it is back.
+    ConnectedCompany.objects.filter(pk=company.pk).update(refresh_lock_until=Now() - timedelta(seconds=1))
+    assert ConnectedCompany.objects.mark_expired_lease(
+        company.pk, version=company.token_version, holder="mine"
     )
-    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60, ceiling=600) == 0
+    assert ConnectedCompany.objects.renew_leases(["mine"], lease=60) == 1
+    stored = ConnectedCompany.objects.get(pk=company.pk)
+    assert stored.refresh_lock_started_at is not None
+    assert not ConnectedCompany.objects.take_over_lease(
+        company.pk, version=company.token_version, holder="mine", lock_id="waiter", lease=60, grace=0
+    )
+    assert ConnectedCompany.objects.get(pk=company.pk).refresh_lock_id == "mine"
+    # Another's lease is never renewed.
+    assert ConnectedCompany.objects.renew_leases(["someone-else"], lease=60) == 0
 
 
 @pytest.mark.django_db
