@@ -61,6 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "SANDBOX_TOKEN_LIFETIME": 3600,
     # Extra provider classes, as dotted paths, added to the registry.
     "PROVIDERS": [],
+    # Companies per task when the Celery sweep fans the due companies out over the workers.
+    "CELERY_BATCH_SIZE": 100,
 }
 
 
@@ -201,6 +203,19 @@ class AppSettings:
     @property
     def PROVIDERS(self) -> tuple[str, ...]:
         return tuple(self._get("PROVIDERS") or ())
+
+    @property
+    def CELERY_BATCH_SIZE(self) -> int:
+        value = self._get("CELERY_BATCH_SIZE")
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+            raise ConfigurationError(
+                f"{SETTING_NAME}['CELERY_BATCH_SIZE'] must be a whole number of companies, not {value!r}."
+            )
+        if int(value) < 1:
+            raise ConfigurationError(
+                f"{SETTING_NAME}['CELERY_BATCH_SIZE'] must be at least 1, not {value!r}."
+            )
+        return int(value)
 
 
 app_settings = AppSettings()

@@ -1,6 +1,7 @@
 """Refreshing every company that is due, with a pool of workers, in constant memory.
 
-The refresh command, the Celery task and the benchmark all call :func:`refresh_due`. Several copies
+The refresh command, the Celery tasks and the benchmark all call :func:`refresh_due` (a Celery
+batch through :func:`refresh_batch`). Several copies
 may run at once on several machines: each company's lease lock (see :mod:`.tokens`) makes sure only
 one of them refreshes it; the others count it as fine ("busy").
 """
@@ -11,7 +12,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from django.db import connections
@@ -31,6 +32,7 @@ __all__ = [
     "CompanyResult",
     "Summary",
     "due_companies",
+    "refresh_batch",
     "refresh_due",
 ]
 
@@ -125,10 +127,12 @@ def due_companies(
     clients: Iterable[str] = (),
     company_ids: Iterable[str] = (),
     force: bool = False,
+    pks: Iterable[int] | None = None,
 ) -> QuerySet:
     """Companies to refresh: expiring within ``within`` seconds and not backing off.
 
-    With ``force``: every active or failing company in the filters, whatever its expiry.
+    With ``force``: every active or failing company in the filters, whatever its expiry. ``pks``
+    (primary keys) keeps only those companies, when they are still due.
     """
     now = timezone.now()
     within = app_settings.REFRESH_WITHIN if within is None else float(within)
@@ -151,6 +155,8 @@ def due_companies(
         if numeric:
             match |= Q(pk__in=numeric)
         query = query.filter(match)
+    if pks is not None:
+        query = query.filter(pk__in=list(pks))
     return query
 
 
@@ -166,10 +172,12 @@ def _stream(query: QuerySet) -> Iterator[ConnectedCompany]:
         last = page[-1].pk
 
 
-def _refresh_one(company: ConnectedCompany, force: bool, within: float | None) -> CompanyResult:
+def _refresh_one(
+    company: ConnectedCompany, force: bool, within: float | None, wait: bool = False
+) -> CompanyResult:
     line = CompanyResult(company.pk, company.company_id, company.client.slug, ERROR)
     try:
-        result: RefreshResult = refresh(company, force=force, within=within, wait=False)
+        result: RefreshResult = refresh(company, force=force, within=within, wait=wait)
     except LightspeedOAuthError as err:
         line.message = err.message
         logger.warning("Refresh of company %s stopped: %s", company.pk, err.message)
@@ -196,6 +204,7 @@ def refresh_due(
     workers: int = 1,
     on_result: Callable[[CompanyResult], None] | None = None,
     stop: threading.Event | None = None,
+    pks: Iterable[int] | None = None,
 ) -> Summary:
     """Refresh every due company with ``workers`` threads; call ``on_result`` for each one.
 
@@ -206,7 +215,7 @@ def refresh_due(
     if workers < 1:
         raise ValueError("workers must be at least 1")
     summary = Summary(dry_run=dry_run)
-    query = due_companies(within=within, clients=clients, company_ids=company_ids, force=force)
+    query = due_companies(within=within, clients=clients, company_ids=company_ids, force=force, pks=pks)
     report = on_result or (lambda result: None)
     margin = within if within is not None else app_settings.REFRESH_WITHIN
 
@@ -265,4 +274,32 @@ def refresh_due(
             jobs.put(done)
         for thread in threads:
             thread.join()
+    return summary
+
+
+def refresh_batch(pks: Iterable[int], *, within: float | None = None, workers: int = 1) -> Summary:
+    """Refresh the companies of one batch (primary keys) that are still due; wait for busy ones.
+
+    What a Celery batch task runs. It may run twice for the same batch (a duplicate delivery, or a
+    redelivery after its worker died): a company refreshed since the batch was made is no longer
+    due and is skipped, and one being refreshed elsewhere is waited for, then counted as fresh,
+    never refreshed again. A company whose refresher died is taken over once its lease ends, so
+    the batch is finished, not left to the next sweep.
+    """
+    pks = list(pks)
+    busy: list[int] = []
+
+    def note(result: CompanyResult) -> None:
+        if result.outcome == BUSY:
+            busy.append(result.pk)
+
+    first = refresh_due(within=within, workers=workers, pks=pks, on_result=note)
+    if not busy:
+        return first
+    # Second pass over what another process held: wait for it (its lease bounds the wait), then
+    # use its outcome; a dead holder's company is refreshed here once its lease is over.
+    summary = replace(first, considered=first.considered - first.busy, busy=0, problems=list(first.problems))
+    margin = within if within is not None else app_settings.REFRESH_WITHIN
+    for company in _stream(ConnectedCompany.objects.filter(pk__in=busy)):
+        summary.add(_refresh_one(company, False, margin, wait=True))
     return summary

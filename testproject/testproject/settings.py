@@ -176,3 +176,20 @@ def lightspeed_oauth_settings() -> dict[str, Any]:
 
 
 LIGHTSPEED_OAUTH = lightspeed_oauth_settings()
+
+
+# Celery (testproject/celery.py), used when CELERY_BROKER_URL is set ---------------------------------
+
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
+# The refresh tasks acknowledge late (a dead worker's batch is redelivered): take one task at a time
+# per worker process, so that a busy process does not hold batches that others could run.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "refresh-lightspeed-tokens": {
+        "task": "django_lightspeed_oauth.tasks.sweep_lightspeed_tokens",
+        # The demo's tokens last two minutes (SANDBOX_TOKEN_LIFETIME): sweep every 30 seconds.
+        "schedule": env.float("CELERY_SWEEP_EVERY", default=30.0),
+    },
+}
