@@ -16,7 +16,7 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.forms import BaseInlineFormSet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -35,9 +35,9 @@ from django.views.decorators.debug import sensitive_post_parameters
 from . import tokens
 from .conf import app_settings
 from .exceptions import DecryptionError, LightspeedOAuthError
-from .forms import ApiClientAdminForm, CompanyInvitationForm, InvitationForm
+from .forms import ApiClientAdminForm, CompanyInvitationForm, InvitationAdminForm, InvitationForm
 from .mail import company_invitation_url, invitation_address, send_invitation
-from .models import ApiClient, AuthorizationRequest, ConnectedCompany, Overview, TokenEvent
+from .models import ApiClient, AuthorizationRequest, ConnectedCompany, Invitation, Overview, TokenEvent
 from .overview import overview_context
 from .providers import provider_choices, provider_classes
 
@@ -45,6 +45,7 @@ __all__ = [
     "ApiClientAdmin",
     "AuthorizationRequestAdmin",
     "ConnectedCompanyAdmin",
+    "InvitationAdmin",
     "OverviewAdmin",
     "TokenEventAdmin",
     "humanize_expiry",
@@ -104,6 +105,11 @@ def _callback_url(request: HttpRequest) -> str:
 
 def _can_connect(request: HttpRequest) -> bool:
     return request.user.has_perm(app_settings.CONNECT_PERMISSION)
+
+
+def _absolute_invitation_url(request: HttpRequest, token: str) -> str:
+    url = Invitation.url_for(token)
+    return url if "://" in url else request.build_absolute_uri(url)
 
 
 # API clients --------------------------------------------------------------------------------
@@ -373,12 +379,15 @@ class ApiClientAdmin(admin.ModelAdmin):
                         _("This API client is not active: activate it first, or the link will not work."),
                     )
                 else:
-                    invitation_url = client.invitation_url(
-                        reference=form.cleaned_data["reference"], max_age=form.max_age
+                    invitation, token = Invitation.objects.create_for(
+                        client,
+                        reference=form.cleaned_data["reference"],
+                        max_age=form.max_age,
+                        max_uses=form.cleaned_data["max_uses"],
+                        created_by=request.user,
                     )
-                    if "://" not in invitation_url:
-                        invitation_url = request.build_absolute_uri(invitation_url)
-                    expires_at = timezone.now() + timedelta(seconds=form.max_age)
+                    invitation_url = _absolute_invitation_url(request, token)
+                    expires_at = invitation.expires_at
         else:
             form = InvitationForm()
         context = {
@@ -628,11 +637,15 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
                         _("This API client is not active: activate it first, or the link will not work."),
                     )
                 else:
+                    address = form.cleaned_data["email"]
                     invitation_url = company_invitation_url(
-                        company, max_age=form.max_age, base_url=request.build_absolute_uri("/")
+                        company,
+                        max_age=form.max_age,
+                        base_url=request.build_absolute_uri("/"),
+                        created_by=request.user,
+                        email=address,
                     )
                     expires_at = timezone.now() + timedelta(seconds=form.max_age)
-                    address = form.cleaned_data["email"]
                     if address:
                         try:
                             send_invitation(
@@ -851,6 +864,7 @@ class AuthorizationRequestAdmin(ReadOnlyAdmin):
         "short_state",
         "created_by",
         "via_invitation",
+        "invitation",
         "reference",
         "next_url",
         "created_at",
@@ -890,6 +904,150 @@ class TokenEventAdmin(ReadOnlyAdmin):
     @admin.display(description=_("message"))
     def short_message(self, obj: TokenEvent) -> str:
         return Truncator(obj.message).chars(100)
+
+
+# Invitations ------------------------------------------------------------------------------------
+
+
+class InvitationStatusFilter(admin.SimpleListFilter):
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return list(Invitation.Status.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        now = timezone.now()
+        value = self.value()
+        if value == Invitation.Status.REVOKED:
+            return queryset.filter(revoked_at__isnull=False)
+        live = queryset.filter(revoked_at__isnull=True)
+        if value == Invitation.Status.EXPIRED:
+            return live.filter(expires_at__lte=now)
+        if value == Invitation.Status.USED:
+            return live.filter(expires_at__gt=now, uses__gte=F("max_uses"))
+        if value == Invitation.Status.ACTIVE:
+            return live.filter(expires_at__gt=now, uses__lt=F("max_uses"))
+        return queryset
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitation links: created here (the link is shown once), listed with their uses, revoked.
+
+    The link itself is never stored (only a hash of its token), so it cannot be shown again.
+    """
+
+    form = InvitationAdminForm
+    list_display = [
+        "created_at",
+        "client",
+        "reference",
+        "status_badge",
+        "uses_display",
+        "expires_at",
+        "created_by",
+        "email",
+    ]
+    list_filter = [InvitationStatusFilter, "client"]
+    search_fields = ["reference", "email", "client__name", "company__name"]
+    date_hierarchy = "created_at"
+    list_select_related = ["client", "created_by"]
+    raw_id_fields = ["created_by", "company"]
+    actions = ["revoke"]
+    readonly_fields = [
+        "client",
+        "reference",
+        "company",
+        "email",
+        "status_badge",
+        "uses_display",
+        "created_at",
+        "created_by",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "revoked_by",
+        "flows_link",
+    ]
+
+    def get_fields(self, request: HttpRequest, obj: Invitation | None = None) -> list:
+        if obj is None:
+            return ["client", "reference", "max_uses", "max_age_hours"]
+        return self.readonly_fields
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Invitation | None = None) -> list:
+        return self.readonly_fields if obj is not None else []
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and _can_connect(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # An invitation's page is read-only; "change" is the right to revoke (the list's action).
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: Invitation, form: Any, change: bool) -> None:
+        if change:  # pragma: no cover - the page is read-only
+            return
+        token = obj.set_new_token()
+        obj.created_by = request.user  # type: ignore[assignment]  # admin views need a login
+        obj.created_at = timezone.now()
+        obj.expires_at = obj.created_at + timedelta(seconds=form.max_age)
+        obj.save()
+        # Shown once by response_add, never stored.
+        request._lightspeed_invitation_token = token  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: Invitation, post_url_continue: str | None = None):
+        token = getattr(request, "_lightspeed_invitation_token", "")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": _("Invitation link created"),
+            "subtitle": None,
+            "opts": self.opts,
+            "invitation": obj,
+            "invitation_url": _absolute_invitation_url(request, token),
+            "has_view_permission": self.has_view_permission(request, obj),
+        }
+        return TemplateResponse(request, "admin/lightspeed_oauth/invitation/created.html", context)
+
+    @admin.display(description=_("status"))
+    def status_badge(self, obj: Invitation) -> str:
+        return format_html(
+            '<span class="ls-invitation ls-invitation-{}">{}</span>', obj.status, obj.get_status_display()
+        )
+
+    @admin.display(description=_("uses"), ordering="uses")
+    def uses_display(self, obj: Invitation) -> str:
+        return f"{obj.uses} / {obj.max_uses}"
+
+    @admin.display(description=_("flows"))
+    def flows_link(self, obj: Invitation) -> str:
+        url = reverse("admin:lightspeed_oauth_authorizationrequest_changelist")
+        return format_html(
+            '<a href="{}?{}">{}</a>',
+            url,
+            urlencode({"invitation__id__exact": obj.pk}),
+            _("Authorization requests started from this invitation"),
+        )
+
+    @admin.action(description=_("Revoke (the links stop working)"), permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
+        for invitation in queryset.select_related("client"):
+            if invitation.revoke(user=request.user):
+                self.message_user(
+                    request,
+                    _("%(invitation)s: revoked; its link no longer starts a connection.")
+                    % {"invitation": invitation},
+                    messages.SUCCESS,
+                )
+            else:
+                self.message_user(
+                    request,
+                    _("%(invitation)s: was already revoked.") % {"invitation": invitation},
+                    messages.INFO,
+                )
 
 
 # Overview ---------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
             Error(err.message, hint="Fix or remove the entry in PROVIDERS.", id="lightspeed_oauth.E003")
         )
     messages.extend(_lease_checks())
+    messages.extend(_invitation_and_purge_checks())
     if "django.contrib.sessions" not in settings.INSTALLED_APPS or not any(
         m.endswith("SessionMiddleware") for m in settings.MIDDLEWARE
     ):
@@ -75,6 +76,65 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+#: Settings of invitations and the purge whose value :data:`app_settings` validates on use.
+INVITATION_AND_PURGE_SETTINGS = (
+    "INVITATION_MAX_AGE",
+    "INVITATION_RATE_LIMIT",
+    "INVITATION_IP_RATE_LIMIT",
+    "INVITATION_RATE_WINDOW",
+    "INVITATION_RETENTION",
+    "AUTHORIZATION_REQUEST_RETENTION",
+    "TOKEN_EVENT_RETENTION",
+    "PURGE_INTERVAL",
+)
+
+
+def _invitation_and_purge_checks() -> list:
+    messages: list = []
+    for name in INVITATION_AND_PURGE_SETTINGS:
+        try:
+            value = getattr(app_settings, name)
+        except ConfigurationError as err:
+            messages.append(
+                Error(
+                    err.message,
+                    hint="See the settings reference in README.rst for the values it takes.",
+                    id="lightspeed_oauth.E011",
+                )
+            )
+            continue
+        if name == "INVITATION_MAX_AGE" and value <= 0:
+            messages.append(
+                Error(
+                    f"{SETTING_NAME}['INVITATION_MAX_AGE'] must be a positive number of seconds.",
+                    hint="The default is 604800 (7 days).",
+                    id="lightspeed_oauth.E011",
+                )
+            )
+    limited = any(
+        _safe(lambda name=name: getattr(app_settings, name))
+        for name in ("INVITATION_RATE_LIMIT", "INVITATION_IP_RATE_LIMIT")
+    )
+    backend = str(getattr(settings, "CACHES", {}).get("default", {}).get("BACKEND", ""))
+    if limited and backend.endswith("DummyCache"):
+        messages.append(
+            Warning(
+                "The default cache is DummyCache: the invitation rate limits count nothing.",
+                hint="Use a real cache (Redis, Memcached, the database cache) as CACHES['default'], "
+                "or set INVITATION_RATE_LIMIT and INVITATION_IP_RATE_LIMIT to None.",
+                id="lightspeed_oauth.W005",
+            )
+        )
+    return messages
+
+
+def _safe(read: Any) -> Any:
+    try:
+        return read()
+    except ConfigurationError:
+        return None
 
 
 def _lease_checks() -> list:

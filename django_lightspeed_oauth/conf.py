@@ -21,6 +21,20 @@ DEFAULTS: dict[str, Any] = {
     "STATE_MAX_AGE": 600,
     # Default lifetime, in seconds, of an invitation link.
     "INVITATION_MAX_AGE": 7 * 24 * 3600,
+    # Anonymous starts of a flow from invitation links allowed per window (INVITATION_RATE_WINDOW
+    # seconds), per invitation and per client IP address (REMOTE_ADDR); counted in Django's
+    # "default" cache. None (or 0) turns that limit off.
+    "INVITATION_RATE_LIMIT": 10,
+    "INVITATION_IP_RATE_LIMIT": 30,
+    "INVITATION_RATE_WINDOW": 3600,
+    # Days an expired, revoked or used-up invitation is kept before lightspeed_purge deletes it.
+    "INVITATION_RETENTION": 30,
+    # Days a finished or expired authorization request is kept before lightspeed_purge deletes it.
+    "AUTHORIZATION_REQUEST_RETENTION": 30,
+    # Days token events are kept before lightspeed_purge deletes them; None keeps them forever.
+    "TOKEN_EVENT_RETENTION": 365,
+    # Seconds between purges run by refresh_lightspeed_tokens --every; None: the loop never purges.
+    "PURGE_INTERVAL": 3600,
     # Dotted path of a callable(company) -> e-mail address (or "" / None) of the merchant to send a
     # company's new invitation to; the admin offers it, and REAUTHORIZATION_EMAIL uses it.
     "INVITATION_EMAIL": None,
@@ -116,6 +130,65 @@ class AppSettings:
     @property
     def INVITATION_MAX_AGE(self) -> int:
         return self._whole_seconds("INVITATION_MAX_AGE")
+
+    def _optional_count(self, name: str) -> int | None:
+        value = self._get(name)
+        if value is None or value is False:
+            return None
+        problem = f"{SETTING_NAME}[{name!r}] must be a whole number or None, not {value!r}."
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigurationError(problem)
+        try:
+            count = int(value)
+        except ValueError:
+            raise ConfigurationError(problem) from None
+        if count < 0:
+            raise ConfigurationError(f"{SETTING_NAME}[{name!r}] cannot be negative, not {value!r}.")
+        return count or None
+
+    def _days(self, name: str) -> float:
+        days = _number(name, self._get(name))
+        if days < 0:
+            raise ConfigurationError(f"{SETTING_NAME}[{name!r}] cannot be negative, not {days!r}.")
+        return days
+
+    @property
+    def INVITATION_RATE_LIMIT(self) -> int | None:
+        """Flows an invitation may start per window; None: no limit."""
+        return self._optional_count("INVITATION_RATE_LIMIT")
+
+    @property
+    def INVITATION_IP_RATE_LIMIT(self) -> int | None:
+        """Flows one IP address may start from invitations per window; None: no limit."""
+        return self._optional_count("INVITATION_IP_RATE_LIMIT")
+
+    @property
+    def INVITATION_RATE_WINDOW(self) -> int:
+        seconds = self._whole_seconds("INVITATION_RATE_WINDOW")
+        if seconds <= 0:
+            raise ConfigurationError(f"{SETTING_NAME}['INVITATION_RATE_WINDOW'] must be positive.")
+        return seconds
+
+    @property
+    def INVITATION_RETENTION(self) -> float:
+        return self._days("INVITATION_RETENTION")
+
+    @property
+    def AUTHORIZATION_REQUEST_RETENTION(self) -> float:
+        return self._days("AUTHORIZATION_REQUEST_RETENTION")
+
+    @property
+    def TOKEN_EVENT_RETENTION(self) -> float | None:
+        return None if self._get("TOKEN_EVENT_RETENTION") is None else self._days("TOKEN_EVENT_RETENTION")
+
+    @property
+    def PURGE_INTERVAL(self) -> float | None:
+        if self._get("PURGE_INTERVAL") is None:
+            return None
+        seconds = self._seconds("PURGE_INTERVAL")
+        if seconds <= 0:
+            raise ConfigurationError(f"{SETTING_NAME}['PURGE_INTERVAL'] must be positive or None.")
+        return seconds
 
     @property
     def INVITATION_EMAIL(self) -> str | None:

@@ -12,10 +12,10 @@ from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
 from .exceptions import ProviderError
-from .models import ApiClient
+from .models import ApiClient, Invitation
 from .providers import Provider, provider_choices, provider_classes
 
-__all__ = ["ApiClientAdminForm", "InvitationForm"]
+__all__ = ["ApiClientAdminForm", "CompanyInvitationForm", "InvitationAdminForm", "InvitationForm"]
 
 PROVIDER_OPTIONS_PREFIX = "Invalid provider options: "
 
@@ -167,6 +167,18 @@ class InvitationForm(forms.Form):
         help_text=_("The link stops working after this many hours."),
     )
 
+    max_uses = forms.IntegerField(
+        label=_("Maximum uses"),
+        min_value=1,
+        max_value=10000,
+        initial=1,
+        required=False,  # empty: 1
+        help_text=_(
+            "How many connections the link may make. Keep 1 for a link sent to one merchant: "
+            "anyone holding the link can use it."
+        ),
+    )
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         default_seconds = app_settings.INVITATION_MAX_AGE
@@ -178,9 +190,45 @@ class InvitationForm(forms.Form):
             raise forms.ValidationError(_("The reference must be printable characters only."))
         return reference
 
+    def clean_max_uses(self) -> int:
+        return int(self.cleaned_data.get("max_uses") or 1)
+
     @property
     def max_age(self) -> int:
         """The lifetime in seconds."""
+        return int(self.cleaned_data["max_age_hours"]) * 3600
+
+
+class InvitationAdminForm(forms.ModelForm):
+    """A new invitation from the invitations list: the API client, reference, uses and lifetime."""
+
+    max_age_hours = InvitationForm.base_fields["max_age_hours"]
+
+    class Meta:
+        model = Invitation
+        fields = ["client", "reference", "max_uses"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The admin's read-only page of an existing invitation builds this form without its fields.
+        if "client" in self.fields:
+            client_field = cast("forms.ModelChoiceField", self.fields["client"])
+            client_field.queryset = ApiClient.objects.filter(is_active=True)
+        if "max_uses" in self.fields:
+            self.fields["max_uses"].widget.attrs["min"] = 1
+        if "max_age_hours" in self.fields:
+            self.fields["max_age_hours"].initial = max(1, round(app_settings.INVITATION_MAX_AGE / 3600))
+
+    clean_reference = InvitationForm.clean_reference
+
+    def clean_max_uses(self) -> int:
+        value = int(self.cleaned_data["max_uses"])
+        if not 1 <= value <= 10000:
+            raise forms.ValidationError(_("Between 1 and 10000."))
+        return value
+
+    @property
+    def max_age(self) -> int:
         return int(self.cleaned_data["max_age_hours"]) * 3600
 
 

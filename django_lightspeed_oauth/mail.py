@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .conf import app_settings
-from .models import ApiClient, ConnectedCompany
+from .models import ApiClient, ConnectedCompany, Invitation
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _local(moment):
 def send_invitation(
     client: ApiClient, url: str, to: str, *, max_age: int | None = None, company_name: str = ""
 ) -> None:
-    """E-mail the invitation link ``url`` (made by ``client.invitation_url``) to the address ``to``.
+    """E-mail the invitation link ``url`` (from ``client.invitation_url``) to the address ``to``.
 
     The text comes from the templates ``lightspeed_oauth/email/invitation_subject.txt`` and
     ``lightspeed_oauth/email/invitation_message.txt`` (override them in your project), rendered in
@@ -58,20 +58,39 @@ def invitation_address(company: ConnectedCompany) -> str:
 
 
 def company_invitation_url(
-    company: ConnectedCompany, *, max_age: int | None = None, base_url: str = ""
+    company: ConnectedCompany,
+    *,
+    max_age: int | None = None,
+    base_url: str = "",
+    created_by: Any = None,
+    email: str = "",
 ) -> str:
-    """A new invitation link for ``company``: its API client and its reference, absolute when possible."""
-    url = company.client.invitation_url(reference=company.reference, max_age=max_age)
+    """A new single-use invitation for ``company``: its API client and its reference, so the new
+    connection updates the same row. Returns the link, absolute when possible."""
+    _invitation, token = Invitation.objects.create_for(
+        company.client,
+        reference=company.reference,
+        max_age=max_age,
+        created_by=created_by,
+        company=company,
+        email=email,
+    )
+    url = Invitation.url_for(token)
     if url.startswith("/") and base_url:
         url = base_url.rstrip("/") + url
     return url
 
 
 def send_company_invitation(
-    company: ConnectedCompany, to: str, *, max_age: int | None = None, base_url: str = ""
+    company: ConnectedCompany,
+    to: str,
+    *,
+    max_age: int | None = None,
+    base_url: str = "",
+    created_by: Any = None,
 ) -> str:
     """E-mail a new invitation link for ``company`` to ``to``; return the link."""
-    url = company_invitation_url(company, max_age=max_age, base_url=base_url)
+    url = company_invitation_url(company, max_age=max_age, base_url=base_url, created_by=created_by, email=to)
     send_invitation(company.client, url, to, max_age=max_age, company_name=company.name or company.company_id)
     return url
 

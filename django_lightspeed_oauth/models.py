@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
-from django.core import signing
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
 from django.urls import reverse
@@ -31,9 +32,7 @@ from .providers import (
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["INVITATION_SALT", "ApiClient", "AuthorizationRequest", "ConnectedCompany", "TokenEvent"]
-
-INVITATION_SALT = "django_lightspeed_oauth.invitation"
+__all__ = ["ApiClient", "AuthorizationRequest", "ConnectedCompany", "Invitation", "TokenEvent"]
 
 _URL_TEMPLATE = re.compile(r"^https?://[^\s]+$")
 
@@ -221,24 +220,22 @@ class ApiClient(models.Model):
     def client_secret_fingerprint(self) -> str:
         return fingerprint(self.client_secret)
 
-    def invitation_token(self, *, reference: str = "", max_age: int | None = None) -> str:
-        max_age = int(max_age if max_age is not None else app_settings.INVITATION_MAX_AGE)
-        if max_age <= 0:
-            raise ValueError("max_age must be a positive number of seconds")
-        expires = int(timezone.now().timestamp()) + max_age
-        return signing.dumps(
-            {"c": self.pk, "r": reference, "e": expires}, salt=INVITATION_SALT, compress=True
+    def invitation_token(self, *, reference: str = "", max_age: int | None = None, max_uses: int = 1) -> str:
+        """Create an :class:`Invitation` for this client and return its token (shown only now)."""
+        _invitation, token = Invitation.objects.create_for(
+            self, reference=reference, max_age=max_age, max_uses=max_uses
         )
+        return token
 
-    def invitation_url(self, *, reference: str = "", max_age: int | None = None) -> str:
-        """A link a merchant can open, without a site login, to connect until it expires.
+    def invitation_url(self, *, reference: str = "", max_age: int | None = None, max_uses: int = 1) -> str:
+        """Create an :class:`Invitation` and return its link: a merchant opens it, without a site
+        login, to connect (``max_uses`` times, until it expires or is revoked).
 
-        Site-relative unless ``LIGHTSPEED_OAUTH["SITE_URL"]`` is set.
+        Site-relative unless ``LIGHTSPEED_OAUTH["SITE_URL"]`` is set. The link is not stored (only a
+        hash of its token is): keep or send it now.
         """
-        token = self.invitation_token(reference=reference, max_age=max_age)
-        path = reverse("lightspeed_oauth:invite", kwargs={"token": token})
-        site = app_settings.SITE_URL
-        return f"{site.rstrip('/')}{path}" if site else path
+        token = self.invitation_token(reference=reference, max_age=max_age, max_uses=max_uses)
+        return Invitation.url_for(token)
 
 
 def _lock_free() -> Q:
@@ -620,6 +617,196 @@ class ConnectedCompany(models.Model):
         disconnect(self, user=user, message=message)
 
 
+def hash_invitation_token(token: str) -> str:
+    """What the database keeps of an invitation's token: its SHA-256 (the token is 256 random bits)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class InvitationQuerySet(models.QuerySet["Invitation"]):
+    def usable(self) -> InvitationQuerySet:
+        """Neither revoked, expired nor used up (database clock)."""
+        return self.filter(revoked_at__isnull=True, expires_at__gt=Now(), uses__lt=F("max_uses"))
+
+    def create_for(
+        self,
+        client: ApiClient,
+        *,
+        reference: str = "",
+        max_age: int | None = None,
+        max_uses: int = 1,
+        created_by: Any = None,
+        company: ConnectedCompany | None = None,
+        email: str = "",
+    ) -> tuple[Invitation, str]:
+        """A new invitation and its token: the only time the token exists outside the link."""
+        max_age = int(max_age if max_age is not None else app_settings.INVITATION_MAX_AGE)
+        if max_age <= 0:
+            raise ValueError("max_age must be a positive number of seconds")
+        if int(max_uses) < 1:
+            raise ValueError("max_uses must be at least 1")
+        reference = reference.strip()
+        if len(reference) > 255 or any(ord(c) < 32 or c == "\x7f" for c in reference):
+            raise ValueError("reference must be at most 255 printable characters")
+        now = timezone.now()
+        invitation = self.model(
+            client=client,
+            reference=reference,
+            max_uses=int(max_uses),
+            created_at=now,
+            expires_at=now + timedelta(seconds=max_age),
+            created_by=created_by,
+            company=company,
+            email=email,
+        )
+        token = invitation.set_new_token()
+        invitation.save(force_insert=True)
+        return invitation, token
+
+    def claim_use(self, pk: int) -> bool:
+        """Take one use of the invitation, if it is still usable: one conditional UPDATE."""
+        return bool(self.filter(pk=pk).usable().update(uses=F("uses") + 1, last_used_at=Now()))
+
+    def release_use(self, request_pk: int) -> bool:
+        """Give back the use a flow took, once, when it ended without connecting (declined,
+        failed, abandoned), so that the merchant can try again with the same link."""
+        with transaction.atomic():
+            released = (
+                AuthorizationRequest.objects.filter(pk=request_pk, holds_invitation_use=True)
+                .exclude(outcome=AuthorizationRequest.Outcome.CONNECTED)
+                .update(holds_invitation_use=False)
+            )
+            if not released:
+                return False
+            invitation_id = (
+                AuthorizationRequest.objects.filter(pk=request_pk)
+                .values_list("invitation", flat=True)
+                .first()
+            )
+            if invitation_id is not None:
+                self.filter(pk=invitation_id, uses__gt=0).update(uses=F("uses") - 1)
+        return True
+
+    def release_abandoned(self, invitation: Invitation) -> int:
+        """Give back the uses of this invitation's flows whose state expired unused."""
+        stale = AuthorizationRequest.objects.filter(
+            invitation=invitation, holds_invitation_use=True, used_at__isnull=True, expires_at__lte=Now()
+        ).values_list("pk", flat=True)
+        return sum(self.release_use(pk) for pk in list(stale))
+
+
+class Invitation(models.Model):
+    """A link that lets a merchant without a site login connect to one API client.
+
+    Only a hash of its random token is stored. Single use unless staff allow more, expiring,
+    revocable. A use is taken when a flow starts and given back when that flow ends without
+    connecting.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", _("Active")
+        USED = "used", _("Used")
+        EXPIRED = "expired", _("Expired")
+        REVOKED = "revoked", _("Revoked")
+
+    client = models.ForeignKey(
+        ApiClient, on_delete=models.CASCADE, related_name="invitations", verbose_name=_("API client")
+    )
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    reference = models.CharField(
+        _("reference"),
+        max_length=255,
+        blank=True,
+        default="",
+        help_text=_("Your own label for the company that will connect (kept on the company)."),
+    )
+    company = models.ForeignKey(
+        ConnectedCompany,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("for company"),
+        help_text=_("The company that must connect again, for an invitation sent for one."),
+    )
+    email = models.EmailField(_("e-mailed to"), blank=True, default="")
+    max_uses = models.PositiveIntegerField(_("maximum uses"), default=1)
+    uses = models.PositiveIntegerField(_("uses"), default=0, editable=False)
+    created_at = models.DateTimeField(_("created"), default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("created by"),
+    )
+    expires_at = models.DateTimeField(_("expires"))
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(_("revoked"), null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        verbose_name=_("revoked by"),
+        editable=False,
+    )
+
+    objects = InvitationQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = _("invitation")
+        verbose_name_plural = _("invitations")
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["expires_at"], name="lightspeed_invitation_expiry")]
+
+    def __str__(self) -> str:
+        label = self.reference or (str(self.company) if self.company_id else "")
+        when = timezone.localtime(self.created_at) if timezone.is_aware(self.created_at) else self.created_at
+        return f"{self.client} {when:%Y-%m-%d %H:%M}" + (f" ({label})" if label else "")
+
+    def __repr__(self) -> str:
+        return f"<Invitation {self.pk} client={self.client_id} uses={self.uses}/{self.max_uses}>"
+
+    def set_new_token(self) -> str:
+        """Give the invitation a new random token; return it (only its hash is kept)."""
+        token = secrets.token_urlsafe(32)
+        self.token_hash = hash_invitation_token(token)
+        return token
+
+    @staticmethod
+    def url_for(token: str) -> str:
+        """The link of the invitation whose token is ``token``; absolute when ``SITE_URL`` is set."""
+        path = reverse("lightspeed_oauth:invite", kwargs={"token": token})
+        site = app_settings.SITE_URL
+        return f"{site.rstrip('/')}{path}" if site else path
+
+    @property
+    def status(self) -> str:
+        if self.revoked_at is not None:
+            return self.Status.REVOKED
+        if self.expires_at <= timezone.now():
+            return self.Status.EXPIRED
+        if self.uses >= self.max_uses:
+            return self.Status.USED
+        return self.Status.ACTIVE
+
+    def get_status_display(self) -> str:
+        return str(self.Status(self.status).label)
+
+    def revoke(self, user: Any = None) -> bool:
+        """Stop the link from starting any new flow; False when it was already revoked."""
+        now = timezone.now()
+        done = Invitation.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+            revoked_at=now, revoked_by=user
+        )
+        if done:
+            self.revoked_at = now
+            self.revoked_by = user
+        return bool(done)
+
+
 class AuthorizationRequest(models.Model):
     """One started authorization flow, kept server-side and consumed exactly once."""
 
@@ -649,6 +836,16 @@ class AuthorizationRequest(models.Model):
         verbose_name=_("started by"),
     )
     via_invitation = models.BooleanField(_("via invitation"), default=False)
+    invitation = models.ForeignKey(
+        "Invitation",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="authorization_requests",
+        verbose_name=_("invitation"),
+    )
+    # True while this flow holds one use of its invitation that may still be given back.
+    holds_invitation_use = models.BooleanField(default=False, editable=False)
     next_url = models.CharField(_("next URL"), max_length=2000, blank=True, default="")
     reference = models.CharField(_("reference"), max_length=255, blank=True, default="")
     created_at = models.DateTimeField(_("created"), default=timezone.now)

@@ -8,12 +8,12 @@ import logging
 import re
 import secrets
 import string
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
-from django.core import signing
+from django.core.cache import cache
 from django.db import DatabaseError, IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
@@ -32,7 +32,14 @@ from django.views.decorators.debug import sensitive_variables
 from . import oauth, signals
 from .conf import app_settings
 from .exceptions import ConfigurationError, IdentityError, TokenEndpointError
-from .models import INVITATION_SALT, ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
+from .models import (
+    ApiClient,
+    AuthorizationRequest,
+    ConnectedCompany,
+    Invitation,
+    TokenEvent,
+    hash_invitation_token,
+)
 from .providers import URL_PLACEHOLDER_VALUE, Identity, TokenSet
 
 __all__ = ["CallbackView", "ChooseBusinessView", "ConnectView", "FlowError", "InviteView", "ResultView"]
@@ -51,6 +58,7 @@ STATE_PATTERN = re.compile(r"^[A-Za-z0-9._~-]{8,128}$")
 PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
+INVITATION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
 NEXT_URL_MAX_LENGTH: int = AuthorizationRequest._meta.get_field("next_url").max_length or 2000
 
 
@@ -124,37 +132,56 @@ class FlowViewMixin:
         reference: str = "",
         next_url: str = "",
         via_invitation: bool = False,
+        invitation: Invitation | None = None,
     ) -> HttpResponse:
-        """Create the AuthorizationRequest and send the browser to the provider's consent page."""
+        """Create the AuthorizationRequest and send the browser to the provider's consent page.
+
+        With ``invitation``, the new request holds the use of it that the caller has claimed.
+        """
         try:
             provider = client.get_provider()
-            authorize_url = client.authorize_endpoint()
+            client.authorize_endpoint()
         except ConfigurationError as err:
             raise _misconfigured(client, err) from None
         state = get_random_string(provider.state_length, STATE_ALPHABET)
         verifier = secrets.token_urlsafe(48) if provider.uses_pkce else ""
         now = timezone.now()
-        AuthorizationRequest.objects.create(
+        auth_request = AuthorizationRequest.objects.create(
             client=client,
             state=state,
             code_verifier=verifier,
             browser_binding=_binding(request),
             created_by=created_by,
-            via_invitation=via_invitation,
+            via_invitation=via_invitation or invitation is not None,
+            invitation=invitation,
+            holds_invitation_use=invitation is not None,
             next_url=next_url,
             reference=reference,
             created_at=now,
             expires_at=now + timedelta(seconds=app_settings.STATE_MAX_AGE),
         )
+        logger.info(
+            "Started a flow for API client %s (invitation=%s)", client.slug, auth_request.via_invitation
+        )
+        return self.redirect_to_provider(auth_request)
+
+    def redirect_to_provider(self, auth_request: AuthorizationRequest) -> HttpResponse:
+        """The provider's consent page for this request (also to resume a pending one)."""
+        client = auth_request.client
+        try:
+            provider = client.get_provider()
+            authorize_url = client.authorize_endpoint()
+        except ConfigurationError as err:
+            raise _misconfigured(client, err) from None
+        verifier = auth_request.code_verifier
         params = provider.authorization_params(
             client_id=client.client_id,
             redirect_uri=client.redirect_uri,
             scopes=client.scopes,
-            state=state,
+            state=auth_request.state,
             code_challenge=_pkce_challenge(verifier) if verifier else None,
         )
         separator = "&" if "?" in authorize_url else "?"
-        logger.info("Started a flow for API client %s (invitation=%s)", client.slug, via_invitation)
         return HttpResponseRedirect(f"{authorize_url}{separator}{urlencode(params)}")
 
 
@@ -239,67 +266,202 @@ class ConnectView(FlowViewMixin, View):
             return self.flow_failed(request, err)
 
 
+def _client_ip(request: HttpRequest) -> str:
+    # REMOTE_ADDR only: a forwarded-for header is whatever the client wants it to be. Behind a
+    # proxy, the site sets REMOTE_ADDR from the proxy's header (see README).
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
+def _over_limit(key: str, limit: int | None, window: int) -> bool:
+    """Count one more start under ``key`` in Django's default cache; True past ``limit``."""
+    if not limit:
+        return False
+    cache.add(key, 0, window)
+    try:
+        count = cache.incr(key)
+    except ValueError:  # expired between add() and incr()
+        cache.set(key, 1, window)
+        count = 1
+    return count > limit
+
+
 @method_decorator(never_cache, name="dispatch")
 @method_decorator(csrf_protect, name="dispatch")
 class InviteView(FlowViewMixin, View):
-    """A merchant holding a signed, expiring link: a page explaining the step, then the flow."""
+    """A merchant holding an invitation link: a page explaining the step, then the flow (POST).
+
+    The link's token is looked up by its hash. A revoked, expired or used-up invitation gets a
+    page saying so; the browser whose flow is still pending gets that flow again instead of a new
+    one; anonymous starts are rate-limited per invitation and per IP address.
+    """
 
     template_name = "lightspeed_oauth/invite.html"
+    http_method_names = ["get", "post", "head", "options"]
 
-    def load(self, token: str) -> tuple[ApiClient, str, Any]:
-        try:
-            data = signing.loads(token, salt=INVITATION_SALT)
-        except signing.BadSignature:
-            raise FlowError(
-                "Invalid invitation",
-                "This invitation link is not valid. Ask for a new one.",
-                reason="bad_invitation",
-            ) from None
-        if not isinstance(data, dict) or not {"c", "r", "e"} <= set(data):
-            raise FlowError(
-                "Invalid invitation", "This invitation link is not valid.", reason="bad_invitation"
+    def load(self, token: str) -> Invitation:
+        invitation = None
+        if INVITATION_TOKEN_PATTERN.match(token):
+            invitation = (
+                Invitation.objects.select_related("client")
+                .filter(token_hash=hash_invitation_token(token))
+                .first()
             )
-        expires = datetime.fromtimestamp(int(data["e"]), tz=UTC)
-        if expires <= timezone.now():
+        if invitation is None:
             raise FlowError(
-                "Invitation expired",
-                "This invitation link has expired. Ask for a new one.",
+                _("Invalid invitation"),
+                _("This invitation link is not valid. Ask for a new one."),
+                status=404,
+                reason="bad_invitation",
+            )
+        if invitation.revoked_at is not None:
+            raise FlowError(
+                _("This invitation has been withdrawn"),
+                _("This invitation link was withdrawn by the site. Ask for a new one."),
+                status=410,
+                reason="invitation_revoked",
+            )
+        if invitation.expires_at <= timezone.now():
+            raise FlowError(
+                _("This invitation has expired"),
+                _("This invitation link has expired. Ask for a new one."),
                 status=410,
                 reason="invitation_expired",
             )
-        client = ApiClient.objects.filter(pk=data["c"], is_active=True).first()
-        if client is None:
+        if not invitation.client.is_active:
             raise FlowError(
-                "Invitation no longer valid",
-                "This connection is no longer offered.",
+                _("Invitation no longer valid"),
+                _("This connection is no longer offered."),
                 status=404,
                 reason="client_gone",
             )
-        return client, str(data["r"] or ""), expires
+        try:
+            invitation.client.get_provider()
+            invitation.client.authorize_endpoint()
+        except ConfigurationError as err:
+            raise _misconfigured(invitation.client, err) from None
+        return invitation
+
+    def used_up(self) -> FlowError:
+        return FlowError(
+            _("This invitation has already been used"),
+            _(
+                "This invitation link was already used to connect, and it works only once. "
+                "Ask for a new one if you need to connect again."
+            ),
+            status=410,
+            reason="invitation_used",
+        )
+
+    def pending_flow(self, request: HttpRequest, invitation: Invitation) -> AuthorizationRequest | None:
+        """This browser's flow from this invitation that can still reach the callback."""
+        nonce = request.session.get(SESSION_BINDING_KEY)
+        if not nonce:
+            return None
+        return (
+            AuthorizationRequest.objects.select_related("client")
+            .filter(
+                invitation=invitation,
+                browser_binding=hashlib.sha256(nonce.encode()).hexdigest(),
+                used_at__isnull=True,
+                expires_at__gt=timezone.now(),
+                outcome=AuthorizationRequest.Outcome.PENDING,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+
+    def rate_limited(self, request: HttpRequest, invitation: Invitation) -> bool:
+        window = app_settings.INVITATION_RATE_WINDOW
+        # Both counters count every attempt, so a flood from many addresses still stops at the
+        # invitation's limit, and one address cannot work through many invitations.
+        by_invitation = _over_limit(
+            f"lightspeed_oauth:invitation:{invitation.pk}", app_settings.INVITATION_RATE_LIMIT, window
+        )
+        by_address = _over_limit(
+            f"lightspeed_oauth:invitation-ip:{_client_ip(request)}",
+            app_settings.INVITATION_IP_RATE_LIMIT,
+            window,
+        )
+        return by_invitation or by_address
 
     def get(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
-            client, reference, expires = self.load(token)
-            try:
-                provider = client.get_provider()
-            except ConfigurationError as err:
-                raise _misconfigured(client, err) from None
+            invitation = self.load(token)
+            pending = self.pending_flow(request, invitation)
+            if pending is None and invitation.uses >= invitation.max_uses:
+                invitation.uses -= Invitation.objects.release_abandoned(invitation)
+                if invitation.uses >= invitation.max_uses:
+                    raise self.used_up()
         except FlowError as err:
             return self.flow_failed(request, err)
+        client = invitation.client
         return TemplateResponse(
             request,
             self.template_name,
-            {"client": client, "reference": reference, "expires_at": expires, "provider": provider},
+            {
+                "invitation": invitation,
+                "client": client,
+                "reference": invitation.reference,
+                "expires_at": invitation.expires_at,
+                "provider": client.get_provider(),
+            },
         )
 
     def post(self, request: HttpRequest, token: str) -> HttpResponse:
         try:
-            client, reference, _expires = self.load(token)
-            response = self.start_flow(request, client, reference=reference, via_invitation=True)
-            request.session[SESSION_INVITATION_KEY] = request.path
-            return response
+            invitation = self.load(token)
+            pending = self.pending_flow(request, invitation)
+            if pending is not None:
+                # A second click, a reload, the back button: the same flow, not a new row.
+                response = self.redirect_to_provider(pending)
+            else:
+                if self.rate_limited(request, invitation):
+                    logger.warning(
+                        "Invitation %s: too many starts (API client %s); refused",
+                        invitation.pk,
+                        invitation.client.slug,
+                    )
+                    raise FlowError(
+                        _("Too many attempts"),
+                        _(
+                            "This invitation was used to start too many connections in a short time. "
+                            "Wait a while, then try again."
+                        ),
+                        status=429,
+                        reason="rate_limited",
+                    )
+                response = self.start_from(request, invitation)
         except FlowError as err:
-            return self.flow_failed(request, err)
+            response = self.flow_failed(request, err)
+            if err.status == 429:
+                response["Retry-After"] = str(app_settings.INVITATION_RATE_WINDOW)
+            return response
+        request.session[SESSION_INVITATION_KEY] = request.path
+        return response
+
+    def start_from(self, request: HttpRequest, invitation: Invitation) -> HttpResponse:
+        """Take a use of the invitation and start a flow holding it (both or neither)."""
+        with transaction.atomic():
+            claimed = Invitation.objects.claim_use(invitation.pk)
+            if not claimed and Invitation.objects.release_abandoned(invitation):
+                claimed = Invitation.objects.claim_use(invitation.pk)
+            if not claimed:
+                # Revoked or expired between load() and now reads as the page load() gives.
+                self.load_again(invitation)
+                raise self.used_up()
+            return self.start_flow(
+                request, invitation.client, reference=invitation.reference, invitation=invitation
+            )
+
+    def load_again(self, invitation: Invitation) -> None:
+        invitation.refresh_from_db()
+        if invitation.revoked_at is not None or invitation.expires_at <= timezone.now():
+            raise FlowError(
+                _("This invitation is no longer valid"),
+                _("This invitation link was withdrawn or has expired. Ask for a new one."),
+                status=410,
+                reason="invitation_expired",
+            )
 
 
 @method_decorator(never_cache, name="dispatch")
@@ -394,6 +556,13 @@ class CallbackView(FlowViewMixin, View):
         AuthorizationRequest.objects.filter(pk=auth_request.pk).update(outcome=outcome, error=error[:2000])
         auth_request.outcome = outcome
         auth_request.error = error
+        self.release_invitation_use(auth_request)
+
+    def release_invitation_use(self, auth_request: AuthorizationRequest) -> None:
+        """A flow that ends without a connection gives its invitation's use back."""
+        if auth_request.holds_invitation_use:
+            Invitation.objects.release_use(auth_request.pk)
+            auth_request.holds_invitation_use = False
 
     @method_decorator(sensitive_variables())
     def complete(self, request: HttpRequest, auth_request: AuthorizationRequest) -> ConnectedCompany:
@@ -412,6 +581,7 @@ class CallbackView(FlowViewMixin, View):
             self.consume(
                 auth_request, outcome=outcome, error=f"{code}: {description}" if description else code
             )
+            self.release_invitation_use(auth_request)
             if outcome == AuthorizationRequest.Outcome.DENIED:
                 raise FlowError(
                     "Connection cancelled",
@@ -723,6 +893,7 @@ class ChooseBusinessView(CallbackView):
                 outcome=AuthorizationRequest.Outcome.FAILED,
                 error="The business was not chosen in time; the tokens were discarded.",
             )
+            self.release_invitation_use(auth_request)
             raise FlowError(
                 "Link expired",
                 "The business was not chosen in time. Start again from the site.",

@@ -9,6 +9,16 @@ from django.contrib.auth.models import Permission
 from django_lightspeed_oauth.testing import make_client
 
 
+@pytest.fixture(autouse=True)
+def _empty_cache():
+    """Rate-limit counters live in the cache: every test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def mocked():
     """Every outgoing request must be mocked; unmatched ones fail the test."""

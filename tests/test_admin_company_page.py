@@ -9,13 +9,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.contrib.messages import get_messages
-from django.core import signing
 from django.test import override_settings
 from django.urls import reverse
 
 from django_lightspeed_oauth import tokens
 from django_lightspeed_oauth.forms import ApiClientAdminForm
-from django_lightspeed_oauth.models import INVITATION_SALT, ApiClient, ConnectedCompany
+from django_lightspeed_oauth.models import ApiClient, ConnectedCompany, Invitation, hash_invitation_token
 from django_lightspeed_oauth.testing import FakeTokenEndpoint, make_client, make_company
 from tests.settings import LIGHTSPEED_OAUTH
 
@@ -46,7 +45,9 @@ def messages_of(response) -> list[str]:
 
 def invitation_in(text: str) -> dict:
     link = next(word for word in text.split() if "/lightspeed/invite/" in word)
-    return signing.loads(urlsplit(link).path.rstrip("/").rsplit("/", 1)[-1], salt=INVITATION_SALT)
+    token = urlsplit(link).path.rstrip("/").rsplit("/", 1)[-1]
+    invitation = Invitation.objects.get(token_hash=hash_invitation_token(token))
+    return {"c": invitation.client_id, "r": invitation.reference, "invitation": invitation}
 
 
 @pytest.mark.parametrize(

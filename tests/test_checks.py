@@ -249,3 +249,36 @@ def test_a_setting_that_is_not_a_number_is_a_clear_error_and_a_failed_check(sett
         app_settings.HTTP_TIMEOUT  # noqa: B018
     errors = [m for m in checks.check_settings() if m.id == "lightspeed_oauth.E004"]
     assert len(errors) == 1 and "LOCK_TIMEOUT" in errors[0].msg
+
+
+@pytest.mark.parametrize(
+    "values, fragment",
+    [
+        ({"INVITATION_MAX_AGE": 0}, "INVITATION_MAX_AGE"),
+        ({"INVITATION_RATE_LIMIT": "lots"}, "INVITATION_RATE_LIMIT"),
+        ({"INVITATION_IP_RATE_LIMIT": -1}, "INVITATION_IP_RATE_LIMIT"),
+        ({"INVITATION_RATE_WINDOW": 0}, "INVITATION_RATE_WINDOW"),
+        ({"INVITATION_RETENTION": -3}, "INVITATION_RETENTION"),
+        ({"AUTHORIZATION_REQUEST_RETENTION": "a month"}, "AUTHORIZATION_REQUEST_RETENTION"),
+        ({"TOKEN_EVENT_RETENTION": [365]}, "TOKEN_EVENT_RETENTION"),
+        ({"PURGE_INTERVAL": 0}, "PURGE_INTERVAL"),
+    ],
+)
+def test_e011_invitation_and_purge_settings_that_cannot_work(values, fragment):
+    with lightspeed_settings(**values):
+        messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E011"]
+    assert fragment in messages[0].msg
+
+
+def test_e011_accepts_none_where_it_means_off():
+    off = {"INVITATION_IP_RATE_LIMIT": 0, "TOKEN_EVENT_RETENTION": None, "PURGE_INTERVAL": None}
+    with lightspeed_settings(INVITATION_RATE_LIMIT=None, **off):
+        assert checks.check_settings() == []
+
+
+@override_settings(CACHES={"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}})
+def test_w005_rate_limits_with_a_cache_that_counts_nothing():
+    assert ids(checks.check_settings()) == ["lightspeed_oauth.W005"]
+    with lightspeed_settings(INVITATION_RATE_LIMIT=None, INVITATION_IP_RATE_LIMIT=None):
+        assert checks.check_settings() == []

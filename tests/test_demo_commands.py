@@ -11,10 +11,9 @@ import django
 import pytest
 import requests
 from django.contrib.auth import get_user_model
-from django.core import signing
 from django.core.management import CommandError, call_command, get_commands
 
-from django_lightspeed_oauth.models import INVITATION_SALT, ApiClient, ConnectedCompany
+from django_lightspeed_oauth.models import ApiClient, ConnectedCompany, Invitation, hash_invitation_token
 from django_lightspeed_oauth.sandbox.management.commands.lightspeed_demo import DEMO_CLIENTS
 from django_lightspeed_oauth.sandbox.models import SandboxClient
 from django_lightspeed_oauth.testing import make_client
@@ -37,7 +36,13 @@ def run(*args: str) -> str:
 
 def invitation_data(url: str) -> dict:
     token = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
-    return signing.loads(token, salt=INVITATION_SALT)
+    invitation = Invitation.objects.get(token_hash=hash_invitation_token(token))
+    return {
+        "c": invitation.client_id,
+        "r": invitation.reference,
+        "e": invitation.expires_at.timestamp(),
+        "max_uses": invitation.max_uses,
+    }
 
 
 # lightspeed_invite -----------------------------------------------------------------------------

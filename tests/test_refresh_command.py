@@ -120,6 +120,58 @@ def test_every_runs_until_sigterm():
     assert fake.refresh_count == 1
 
 
+def test_every_purges_between_sweeps_once_per_interval(settings, monkeypatch):
+    from django_lightspeed_oauth.management.commands import refresh_lightspeed_tokens
+    from django_lightspeed_oauth.models import TokenEvent
+
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "PURGE_INTERVAL": 3600}
+    company = make_company(expires_in=7200)
+    old = TokenEvent.objects.create(
+        company=company, kind=TokenEvent.Kind.REFRESHED, created_at=timezone.now() - timedelta(days=400)
+    )
+    purges = []
+    real_purge = refresh_lightspeed_tokens.purge
+    monkeypatch.setattr(refresh_lightspeed_tokens, "purge", lambda: purges.append(1) or real_purge())
+    timer = threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code, out = run("--every", "0.1")
+
+    assert code == 0 and "Stopped." in out
+    assert len(purges) == 1  # the first sweep purged; the next one is an hour away
+    assert not TokenEvent.objects.filter(pk=old.pk).exists()
+
+
+def test_a_failing_purge_does_not_stop_the_sweeps(settings, monkeypatch, caplog):
+    from django_lightspeed_oauth.management.commands import refresh_lightspeed_tokens
+
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "PURGE_INTERVAL": 0.1}
+
+    def broken():
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(refresh_lightspeed_tokens, "purge", broken)
+    company = make_company(expires_in=60)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    with FakeTokenEndpoint(company.client) as fake:
+        timer.start()
+        code, out = run("--every", "0.1")
+    assert code == 0 and "Stopped." in out
+    assert fake.refresh_count == 1
+    assert "The purge between refresh sweeps failed" in caplog.text
+
+
+def test_without_a_purge_interval_the_loop_never_purges(settings, monkeypatch):
+    from django_lightspeed_oauth.management.commands import refresh_lightspeed_tokens
+
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "PURGE_INTERVAL": None}
+    monkeypatch.setattr(refresh_lightspeed_tokens, "purge", lambda: pytest.fail("purged"))
+    make_company(expires_in=7200)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code, _out = run("--every", "0.1")
+    assert code == 0
+
+
 def test_bad_arguments_are_refused():
     from django.core.management import CommandError
 

@@ -8,11 +8,12 @@ from urllib.parse import urlsplit
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.validators import validate_email
+from django.urls import reverse
 from django.utils.translation import gettext as _
 
 from ...conf import app_settings
 from ...mail import send_invitation
-from ...models import ApiClient
+from ...models import ApiClient, Invitation
 from ..selection import usage_error
 
 
@@ -49,8 +50,9 @@ def _base_url(value: str | None) -> str:
 
 class Command(BaseCommand):
     help = (
-        "Print a signed, expiring link a merchant can open, without a site login, to connect their "
-        "Lightspeed account to an API client; --email also sends it."
+        "Create an invitation and print its link (shown only now): a merchant opens it, without a "
+        "site login, to connect their Lightspeed account to an API client, once unless --max-uses "
+        "says more, until it expires or is revoked in the admin; --email also sends it."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -65,6 +67,13 @@ class Command(BaseCommand):
             dest="max_age",
             default=None,
             help=_('Seconds the link stays valid (default: LIGHTSPEED_OAUTH["INVITATION_MAX_AGE"]).'),
+        )
+        parser.add_argument(
+            "--max-uses",
+            dest="max_uses",
+            default="1",
+            metavar="N",
+            help=_("How many connections the link may make (default: 1)."),
         )
         parser.add_argument(
             "--base-url",
@@ -88,9 +97,18 @@ class Command(BaseCommand):
         max_age: str | None,
         base_url: str | None,
         email: str | None,
+        max_uses: str,
         **options: Any,
     ) -> None:
         seconds = None if max_age is None else _positive_seconds(max_age)
+        try:
+            uses = int(max_uses)
+        except ValueError:
+            uses = 0
+        if not 1 <= uses <= 10000:
+            raise usage_error(
+                _("--max-uses must be a whole number from 1 to 10000, not %(value)r.") % {"value": max_uses}
+            )
         base = _base_url(base_url)
         client = ApiClient.objects.filter(slug=slug).first()
         if client is None:
@@ -115,11 +133,10 @@ class Command(BaseCommand):
                 raise usage_error(
                     _("--email must be an e-mail address, not %(value)r.") % {"value": email}
                 ) from None
-        url = client.invitation_url(reference=reference, max_age=seconds)
-        site = (app_settings.SITE_URL or "").rstrip("/")
-        if site and url.startswith(site + "/"):
-            url = url[len(site) :]
-        url = base + url
+        _invitation, token = Invitation.objects.create_for(
+            client, reference=reference, max_age=seconds, max_uses=uses, email=email or ""
+        )
+        url = base + reverse("lightspeed_oauth:invite", kwargs={"token": token})
         self.stdout.write(url)
         if email:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -16,7 +17,10 @@ from django.utils.translation import gettext as _
 from django_lightspeed_oauth.conf import app_settings
 from django_lightspeed_oauth.management.progress import Progress
 from django_lightspeed_oauth.management.selection import check_clients, check_companies
+from django_lightspeed_oauth.purging import purge
 from django_lightspeed_oauth.refreshing import CompanyResult, Summary, due_companies, refresh_due
+
+logger = logging.getLogger(__name__)
 
 
 class _Unstyled:
@@ -107,16 +111,40 @@ class Command(BaseCommand):
             stop.set()
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        next_purge = time.monotonic()
         try:
             while not stop.is_set():
                 started = time.monotonic()
                 self.run_once(options, stop)
+                if started >= next_purge and not stop.is_set() and not options["dry_run"]:
+                    next_purge = started + self.purge_between_sweeps()
                 stop.wait(max(0.0, every - (time.monotonic() - started)))
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         if self.verbosity and not options["json"]:
             self.stdout.write("Stopped.")
+
+    def purge_between_sweeps(self) -> float:
+        """Run lightspeed_purge's work (every PURGE_INTERVAL seconds); return when to run it again.
+
+        A purge that fails is logged and tried again at the next interval: it never stops the
+        refreshes.
+        """
+        interval = app_settings.PURGE_INTERVAL
+        if interval is None:
+            return float("inf")
+        try:
+            result = purge()
+        except Exception:
+            logger.exception("The purge between refresh sweeps failed; it is tried again later")
+            return interval
+        if self.verbosity >= 2:
+            self.stdout.write(
+                f"Purged {result.authorization_requests} authorization requests, "
+                f"{result.token_events} token events and {result.invitations} invitations."
+            )
+        return interval
 
     def run_once(self, options: dict, stop: threading.Event | None = None) -> Summary:
         quiet = options["json"] or options["dry_run"] or self.verbosity != 1

@@ -1,0 +1,41 @@
+"""``manage.py lightspeed_purge``: delete spent authorization requests, old token events and dead
+invitations, as the retention settings say (also run by ``refresh_lightspeed_tokens --every``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from ...purging import purge
+
+__all__ = ["Command"]
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete authorization requests that are finished or expired (never one in progress) past "
+        "AUTHORIZATION_REQUEST_RETENTION days, token events older than TOKEN_EVENT_RETENTION days, "
+        "and invitations expired, revoked or used up more than INVITATION_RETENTION days ago."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
+        )
+        parser.add_argument(
+            "--json", dest="as_json", action="store_true", help="Print the counts as one JSON object."
+        )
+
+    def handle(self, *args: Any, dry_run: bool, as_json: bool, **options: Any) -> None:
+        result = purge(dry_run=dry_run)
+        if as_json:
+            self.stdout.write(json.dumps({**result.as_dict(), "dry_run": dry_run}, sort_keys=True))
+            return
+        verb = "Would delete" if dry_run else "Deleted"
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                f"{verb} {result.authorization_requests} authorization requests, "
+                f"{result.token_events} token events and {result.invitations} invitations."
+            )
