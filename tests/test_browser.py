@@ -291,6 +291,29 @@ def test_merchant_connects_with_an_invitation_link(site, staff_page, new_page):
     page.goto("/admin/lightspeed_oauth/connectedcompany/?q=crm-4711")
     expect(page.locator("#result_list tbody tr")).to_have_count(1)
 
+    # The invitation was single use: the same merchant, or anyone else, gets a clear page.
+    for browser in (merchant, new_page()):
+        response = browser.goto(link)
+        assert response is not None and response.status == 410
+        expect(browser.locator("h1")).to_have_text("This invitation has already been used")
+        expect(browser.locator("body")).not_to_contain_text("Continue to Lightspeed")
+    page.goto("/admin/lightspeed_oauth/invitation/?q=crm-4711")
+    row = page.locator("#result_list tbody tr", has_text="crm-4711")
+    expect(row.locator(".field-uses_display")).to_have_text("1 / 1")
+    expect(row.locator(".field-status_badge")).to_have_text("Used")
+
+
+def test_a_connect_link_only_asks_and_the_button_starts_the_flow(site, staff_page):
+    page = staff_page
+    # As if another site had linked here: nothing starts until the staff member clicks.
+    page.goto("/lightspeed/connect/sandbox-o-series/?reference=from-a-link&next=/admin/")
+    expect(page.locator("h1")).to_have_text("Connect a Lightspeed company")
+    expect(page.locator("#connect-reference")).to_have_text("from-a-link")
+    assert "/lightspeed/connect/" in page.url
+    page.click("#connect-continue")
+    consent(page, "Harbour Bistro", decision="deny")
+    expect(page.locator("h1")).to_have_text("Connection cancelled")
+
 
 def test_a_k_series_user_with_two_businesses_chooses_one(site, staff_page):
     page = staff_page
