@@ -38,7 +38,7 @@ __all__ = ["refresh_lightspeed_batch", "refresh_lightspeed_tokens", "sweep_light
 logger = logging.getLogger(__name__)
 
 #: Options of the tasks that must survive a dead worker and a duplicate delivery.
-_AT_LEAST_ONCE = dict(acks_late=True, task_reject_on_worker_lost=True)
+_AT_LEAST_ONCE = dict(acks_late=True, reject_on_worker_lost=True)
 
 
 @shared_task(name="django_lightspeed_oauth.tasks.refresh_lightspeed_tokens", ignore_result=False)

@@ -172,6 +172,18 @@ class Worker:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
+    def pool(self) -> list[int]:
+        """Process ids of the worker's pool (the main process's children)."""
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == self.proc.pid:
+                children.append(int(stat.parent.name))
+        return children
+
 
 @pytest.fixture
 def celery(queue, tmp_path) -> Iterator[Celery]:
@@ -326,6 +338,7 @@ def test_a_batch_whose_worker_is_killed_is_finished_by_another_worker(celery, se
     broker gives the batch to another worker, which skips what was refreshed, waits out the dead
     worker's lease on the company it was refreshing, and refreshes the rest, each once."""
     due, _ = seed(server, due=8)
+    server.latency = 0.3  # time to stop the server before the batch is done
     victim = celery.worker(concurrency=1)
     batch = celery.send(BATCH, pks=[company.pk for company in due], within=900, workers=1)
     _wait_for(lambda: server.stats()["refreshes"] >= 3, "the first refreshes", watching=victim)
@@ -346,5 +359,33 @@ def test_a_batch_whose_worker_is_killed_is_finished_by_another_worker(celery, se
     left = len(due) - done_by_victim
     assert (result["considered"], result["refreshed"], result["exit_code"]) == (left, left, 0), result
     assert waiting_messages(celery.queue) == 0
+    assert server.stats()["dropped"] == 1
+    assert_each_refreshed_once(server, due)
+
+
+def test_a_batch_whose_pool_process_is_killed_is_given_back_and_finished(celery, server):
+    """SIGKILL the pool process running a batch (as the out-of-memory killer would), the worker
+    itself staying up: the worker gives the batch back to the broker (task_reject_on_worker_lost)
+    instead of failing it, and it is finished, each company refreshed once."""
+    due, _ = seed(server, due=8)
+    server.latency = 0.3  # time to stop the server before the batch is done
+    worker = celery.worker(concurrency=1)
+    [pool_process] = worker.pool()
+    batch = celery.send(BATCH, pks=[company.pk for company in due], within=900, workers=1)
+    _wait_for(lambda: server.stats()["refreshes"] >= 3, "the first refreshes", watching=worker)
+    server.hang = True
+    _wait_for(lambda: server.stats()["hung"] == 1, "a request in flight", watching=worker)
+    done_before = server.stats()["refreshes"]
+    os.kill(pool_process, signal.SIGKILL)
+    server.hang = False
+
+    _wait_for(lambda: worker.succeeded(BATCH), "the batch given back", watching=worker)
+    worker.stop()
+
+    [(task_id, result)] = worker.succeeded(BATCH)
+    assert task_id == batch
+    assert "WorkerLostError" in worker.output() and "delivered again" in worker.output()
+    left = len(due) - done_before
+    assert (result["considered"], result["refreshed"], result["exit_code"]) == (left, left, 0), result
     assert server.stats()["dropped"] == 1
     assert_each_refreshed_once(server, due)
