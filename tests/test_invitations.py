@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from datetime import timedelta
 from urllib.parse import parse_qsl, urlsplit
 
@@ -364,6 +365,21 @@ def test_the_admin_revokes_invitations(admin_client, api_client):
     invitation.refresh_from_db()
     assert invitation.status == Invitation.Status.REVOKED and invitation.revoked_by is not None
     assert Client().get(url).status_code == 410
+
+
+def test_an_invitation_page_links_to_the_flows_it_started(admin_client, api_client):
+    url = api_client.invitation_url(reference="linked", max_uses=2)
+    state_of(Client().post(url))
+    api_client.invitation_url()  # another invitation, whose flows are not listed
+    state_of(Client().post(api_client.invitation_url()))
+    invitation = invitation_of(url)
+
+    page = admin_client.get(reverse("admin:lightspeed_oauth_invitation_change", args=[invitation.pk]))
+    link = re.search(r'href="([^"]*invitation__id__exact=[^"]*)"', page.content.decode()).group(1)
+    listing = admin_client.get(link.replace("&amp;", "&"))
+
+    assert listing.status_code == 200
+    assert listing.context["cl"].result_count == 1
 
 
 def test_the_status_filter(admin_client, api_client):

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils.translation import gettext as _
 
 from ...purging import purge
 
@@ -22,10 +23,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--dry-run", action="store_true", help="Count what would be deleted; delete nothing."
+            "--dry-run", action="store_true", help=_("Count what would be deleted; delete nothing.")
         )
         parser.add_argument(
-            "--json", dest="as_json", action="store_true", help="Print the counts as one JSON object."
+            "--json", dest="as_json", action="store_true", help=_("Print the counts as one JSON object.")
         )
 
     def handle(self, *args: Any, dry_run: bool, as_json: bool, **options: Any) -> None:
@@ -33,9 +34,20 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(json.dumps({**result.as_dict(), "dry_run": dry_run}, sort_keys=True))
             return
-        verb = "Would delete" if dry_run else "Deleted"
         if options["verbosity"] >= 1:
-            self.stdout.write(
-                f"{verb} {result.authorization_requests} authorization requests, "
-                f"{result.token_events} token events and {result.invitations} invitations."
-            )
+            counts = {
+                "requests": result.authorization_requests,
+                "events": result.token_events,
+                "invitations": result.invitations,
+            }
+            if dry_run:
+                line = _(
+                    "Would delete %(requests)s authorization requests, %(events)s token events and "
+                    "%(invitations)s invitations."
+                )
+            else:
+                line = _(
+                    "Deleted %(requests)s authorization requests, %(events)s token events and "
+                    "%(invitations)s invitations."
+                )
+            self.stdout.write(line % counts)
