@@ -464,3 +464,15 @@ def test_the_email_on_reauthorization_is_a_single_use_invitation_for_the_company
 
 def merchant_email(company) -> str:
     return "owner@example.com"
+
+
+def test_the_api_client_invitation_page_takes_a_maximum_of_uses(admin_client, api_client):
+    page = reverse("admin:lightspeed_oauth_apiclient_invitation", args=[api_client.pk])
+    response = admin_client.post(page, {"reference": "chain-7", "max_age_hours": 24, "max_uses": 5})
+
+    link = response.context["invitation_url"]
+    invitation = invitation_of(link)
+    assert (invitation.reference, invitation.max_uses, invitation.uses) == ("chain-7", 5, 0)
+    assert invitation.created_by is not None
+    assert 'id="copy-invitation-url"' in response.content.decode()
+    assert admin_client.post(page, {"max_age_hours": 1, "max_uses": 0}).context["invitation_url"] is None
