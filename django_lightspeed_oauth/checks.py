@@ -65,6 +65,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
         )
     messages.extend(_lease_checks())
     messages.extend(_invitation_and_purge_checks())
+    messages.extend(_celery_checks())
     if "django.contrib.sessions" not in settings.INSTALLED_APPS or not any(
         m.endswith("SessionMiddleware") for m in settings.MIDDLEWARE
     ):
@@ -76,6 +77,20 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
             )
         )
     return messages
+
+
+def _celery_checks() -> list:
+    try:
+        _ = app_settings.CELERY_BATCH_SIZE  # the property validates it
+    except ConfigurationError as err:
+        return [
+            Error(
+                err.message,
+                hint="The Celery sweep sends this many companies per batch task; the default is 100.",
+                id="lightspeed_oauth.E012",
+            )
+        ]
+    return []
 
 
 #: Settings of invitations and the purge whose value :data:`app_settings` validates on use.

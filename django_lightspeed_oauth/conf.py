@@ -280,15 +280,17 @@ class AppSettings:
     @property
     def CELERY_BATCH_SIZE(self) -> int:
         value = self._get("CELERY_BATCH_SIZE")
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigurationError(
                 f"{SETTING_NAME}['CELERY_BATCH_SIZE'] must be a whole number of companies, not {value!r}."
             )
-        if int(value) < 1:
+        if value < 1:
             raise ConfigurationError(
                 f"{SETTING_NAME}['CELERY_BATCH_SIZE'] must be at least 1, not {value!r}."
             )
-        return int(value)
+        return value
 
 
 app_settings = AppSettings()

@@ -271,6 +271,14 @@ def test_e011_invitation_and_purge_settings_that_cannot_work(values, fragment):
     assert fragment in messages[0].msg
 
 
+@pytest.mark.parametrize("size", [0, "lots", 2.5])
+def test_e012_a_celery_batch_size_that_is_not_a_positive_whole_number(size):
+    with lightspeed_settings(CELERY_BATCH_SIZE=size):
+        messages = checks.check_settings()
+    assert ids(messages) == ["lightspeed_oauth.E012"]
+    assert "CELERY_BATCH_SIZE" in messages[0].msg
+
+
 def test_e011_accepts_none_where_it_means_off():
     off = {"INVITATION_IP_RATE_LIMIT": 0, "TOKEN_EVENT_RETENTION": None, "PURGE_INTERVAL": None}
     with lightspeed_settings(INVITATION_RATE_LIMIT=None, **off):
