@@ -15,6 +15,7 @@ it, the import fails with an error that says so.
       }
 
 - :func:`refresh_lightspeed_tokens` runs the whole sweep inside one task, as the command does.
+- :func:`purge_lightspeed_data` does what ``lightspeed_purge`` does (schedule it daily, say).
 
 Both batch and sweep are acknowledged late and given back to the broker when their worker dies,
 so a batch is redelivered and finished elsewhere. Delivered twice, a batch refreshes nothing twice:
@@ -29,11 +30,17 @@ from collections.abc import Iterable, Iterator
 
 from ._optional import require
 from .conf import app_settings
+from .purging import purge
 from .refreshing import due_companies, refresh_batch, refresh_due
 
 shared_task = require("celery", "celery", what="The Celery task django_lightspeed_oauth.tasks").shared_task
 
-__all__ = ["refresh_lightspeed_batch", "refresh_lightspeed_tokens", "sweep_lightspeed_tokens"]
+__all__ = [
+    "purge_lightspeed_data",
+    "refresh_lightspeed_batch",
+    "refresh_lightspeed_tokens",
+    "sweep_lightspeed_tokens",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +110,9 @@ def refresh_lightspeed_batch(self, pks: list[int], within: float | None = None, 
             "Refresh batch %s was delivered again (its worker may have died); finishing it", self.request.id
         )
     return refresh_batch(pks, within=within, workers=workers).as_dict()
+
+
+@shared_task(name="django_lightspeed_oauth.tasks.purge_lightspeed_data", ignore_result=False)
+def purge_lightspeed_data() -> dict:
+    """Delete what the retention settings let go, as ``lightspeed_purge``; return the counts."""
+    return purge().as_dict()

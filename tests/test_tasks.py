@@ -10,6 +10,7 @@ import pytest
 from django_lightspeed_oauth.exceptions import ConfigurationError
 from django_lightspeed_oauth.models import ConnectedCompany
 from django_lightspeed_oauth.tasks import (
+    purge_lightspeed_data,
     refresh_lightspeed_batch,
     refresh_lightspeed_tokens,
     sweep_lightspeed_tokens,
@@ -67,3 +68,24 @@ def test_batch_refreshes_only_what_is_still_due():
     assert again["considered"] == 0
     assert ConnectedCompany.objects.get(pk=company.pk).refresh_token == fake.last_refresh_token
     assert ConnectedCompany.objects.get(pk=done.pk).token_version == 0
+
+
+@pytest.mark.django_db
+def test_the_purge_task_deletes_what_lightspeed_purge_would(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_lightspeed_oauth.models import TokenEvent
+
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "TOKEN_EVENT_RETENTION": 30}
+    company = make_company()
+    TokenEvent.objects.create(
+        company=company, kind=TokenEvent.Kind.REFRESHED, created_at=timezone.now() - timedelta(days=31)
+    )
+    kept = TokenEvent.objects.create(company=company, kind=TokenEvent.Kind.REFRESHED)
+
+    result = purge_lightspeed_data.apply().get()
+
+    assert result == {"authorization_requests": 0, "token_events": 1, "invitations": 0}
+    assert list(TokenEvent.objects.values_list("pk", flat=True)) == [kept.pk]
