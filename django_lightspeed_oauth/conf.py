@@ -73,6 +73,9 @@ DEFAULTS: dict[str, Any] = {
     "SANDBOX_URL": "http://127.0.0.1:8000/lightspeed-sandbox/",
     # Lifetime of access tokens the sandbox issues, in seconds.
     "SANDBOX_TOKEN_LIFETIME": 3600,
+    # Whether the sandbox app's servers answer: None follows DEBUG; True serves them with DEBUG off
+    # too (a test or staging site); False answers 404 even with DEBUG (check lightspeed_sandbox.E001).
+    "SANDBOX_ENABLED": None,
     # Extra provider classes, as dotted paths, added to the registry.
     "PROVIDERS": [],
     # Companies per task when the Celery sweep fans the due companies out over the workers.
@@ -272,6 +275,15 @@ class AppSettings:
     @property
     def SANDBOX_TOKEN_LIFETIME(self) -> int:
         return self._whole_seconds("SANDBOX_TOKEN_LIFETIME")
+
+    @property
+    def SANDBOX_ENABLED(self) -> bool | None:
+        value = self._get("SANDBOX_ENABLED")
+        if value is not None and not isinstance(value, bool):
+            raise ConfigurationError(
+                f"{SETTING_NAME}['SANDBOX_ENABLED'] must be True, False or None, not {value!r}."
+            )
+        return value
 
     @property
     def PROVIDERS(self) -> tuple[str, ...]:

@@ -73,6 +73,8 @@ LIGHTSPEED_OAUTH = {
         "Zb1o8X0bL6bq3dJ2f4VqYt7m9n1k5h3s2a8c6e4g0iM=",
     ],
     "SANDBOX_URL": "http://testserver/lightspeed-sandbox/",
+    # The test run has DEBUG off (as Django's test runner forces); the sandbox serves the tests anyway.
+    "SANDBOX_ENABLED": True,
 }
 
 # Django 6.1 deprecates the implicit default mailer (and the test run turns deprecations into errors).

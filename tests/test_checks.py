@@ -290,3 +290,53 @@ def test_w005_rate_limits_with_a_cache_that_counts_nothing():
     assert ids(checks.check_settings()) == ["lightspeed_oauth.W005"]
     with lightspeed_settings(INVITATION_RATE_LIMIT=None, INVITATION_IP_RATE_LIMIT=None):
         assert checks.check_settings() == []
+
+
+# The sandbox app's checks: it stays off production sites unless a site says otherwise
+
+
+def sandbox_messages() -> list:
+    from django_lightspeed_oauth.sandbox.checks import check_sandbox_outside_debug
+
+    registered = [m for m in run_checks() if m.id.startswith("lightspeed_sandbox.")]
+    assert ids(registered) == ids(check_sandbox_outside_debug())
+    return registered
+
+
+@override_settings(DEBUG=False)
+def test_sandbox_e001_installed_without_debug_is_an_error():
+    with lightspeed_settings(SANDBOX_ENABLED=None):
+        (error,) = sandbox_messages()
+    assert error.id == "lightspeed_sandbox.E001"
+    assert error.level >= 40  # an Error: manage.py check and migrate stop on it
+    assert "DEBUG is off" in error.msg
+    assert 'LIGHTSPEED_OAUTH["SANDBOX_ENABLED"]' in error.hint and "INSTALLED_APPS" in error.hint
+
+
+@override_settings(DEBUG=False)
+def test_sandbox_w001_enabled_explicitly_without_debug_is_a_warning():
+    with lightspeed_settings(SANDBOX_ENABLED=True):
+        (warning,) = sandbox_messages()
+    assert warning.id == "lightspeed_sandbox.W001"
+    assert warning.level == 30
+
+
+@override_settings(DEBUG=False)
+def test_sandbox_switched_off_without_debug_has_no_message():
+    with lightspeed_settings(SANDBOX_ENABLED=False):
+        assert sandbox_messages() == []
+
+
+@override_settings(DEBUG=True)
+@pytest.mark.parametrize("value", [None, True, False])
+def test_sandbox_with_debug_has_no_message(value):
+    with lightspeed_settings(SANDBOX_ENABLED=value):
+        assert sandbox_messages() == []
+
+
+@pytest.mark.parametrize("value", ["yes", 1, "False"])
+def test_sandbox_e002_sandbox_enabled_must_be_a_boolean_or_none(value):
+    with lightspeed_settings(SANDBOX_ENABLED=value):
+        (error,) = sandbox_messages()
+    assert error.id == "lightspeed_sandbox.E002"
+    assert repr(value) in error.msg

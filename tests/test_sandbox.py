@@ -271,7 +271,7 @@ def test_consent_without_a_company_asks_again(client: Client) -> None:
 
 
 def test_token_lifetime_follows_the_setting(client: Client) -> None:
-    with override_settings(LIGHTSPEED_OAUTH={"SANDBOX_TOKEN_LIFETIME": 120}):
+    with override_settings(LIGHTSPEED_OAUTH={"SANDBOX_TOKEN_LIFETIME": 120, "SANDBOX_ENABLED": True}):
         tokens = connect(client, "retail-r")
 
     assert tokens["expires_in"] == 120
@@ -857,10 +857,10 @@ def test_delay_switch_slows_the_token_endpoint(client: Client) -> None:
 # Index page, registration, admin
 
 
-def test_index_lists_flavours_clients_and_switches_without_secrets(client: Client) -> None:
+def test_index_lists_flavours_clients_and_switches_without_secrets(admin_client: Client) -> None:
     register("retail-x")
 
-    response = client.get(PREFIX)
+    response = admin_client.get(PREFIX)
 
     assert response.status_code == 200
     html = response.content.decode()
@@ -872,8 +872,8 @@ def test_index_lists_flavours_clients_and_switches_without_secrets(client: Clien
     assert 'name="retail-x-refresh_error"' in html
 
 
-def test_index_form_changes_a_flavours_switches(client: Client) -> None:
-    response = client.post(
+def test_index_form_changes_a_flavours_switches(admin_client: Client) -> None:
+    response = admin_client.post(
         PREFIX,
         {
             "flavour": "vendors",
@@ -890,11 +890,11 @@ def test_index_form_changes_a_flavours_switches(client: Client) -> None:
         "server_error",
         250,
     )
-    assert "Saved." in client.get(response["Location"]).content.decode()
+    assert "Saved." in admin_client.get(response["Location"]).content.decode()
 
 
-def test_index_form_rejects_an_absurd_delay(client: Client) -> None:
-    response = client.post(
+def test_index_form_rejects_an_absurd_delay(admin_client: Client) -> None:
+    response = admin_client.post(
         PREFIX, {"flavour": "vendors", "vendors-refresh_error": "", "vendors-delay_ms": "3600000"}
     )
 
@@ -998,3 +998,89 @@ def test_identity_answers_have_the_documented_shape(client: Client, flavour: str
     tokens = connect(client, flavour)
     answer = identity(client, flavour, tokens["access_token"]).json()
     assert documented.shape(answer) == documented.shape(example)
+
+
+# The production guard: off without DEBUG unless SANDBOX_ENABLED says so, switches for staff only
+
+
+def sandbox_enabled(value: bool | None):
+    from tests.settings import LIGHTSPEED_OAUTH
+
+    return override_settings(LIGHTSPEED_OAUTH={**LIGHTSPEED_OAUTH, "SANDBOX_ENABLED": value})
+
+
+@pytest.mark.parametrize(
+    ("debug", "setting"), [(False, None), (False, False), (True, False)], ids=["no-debug", "off", "off-debug"]
+)
+def test_every_sandbox_page_is_404_unless_enabled(
+    client: Client, django_user_model: Any, debug: bool, setting: bool | None
+) -> None:
+    tokens = connect(client, "retail-r")
+    client.force_login(django_user_model.objects.create_superuser("root", password="pw"))
+    with override_settings(DEBUG=debug), sandbox_enabled(setting):
+        assert client.get(authorize_url("retail-r")).status_code == 404
+        assert refresh(client, "retail-r", tokens["refresh_token"]).status_code == 404
+        assert identity(client, "retail-r", tokens["access_token"]).status_code == 404
+        assert client.get(PREFIX).status_code == 404
+        response = client.post(PREFIX, {"flavour": "retail-r", "retail-r-deny_authorization": "on"})
+        assert response.status_code == 404
+    assert not SandboxBehaviour.objects.filter(flavour="retail-r", deny_authorization=True).exists()
+    # Nothing was spent by the refused refresh.
+    assert refresh(client, "retail-r", tokens["refresh_token"]).status_code == 200
+
+
+@override_settings(DEBUG=True)
+def test_with_debug_the_sandbox_serves_by_default(client: Client) -> None:
+    with sandbox_enabled(None):
+        tokens = connect(client, "o-series")
+        assert identity(client, "o-series", tokens["access_token"]).status_code == 200
+
+
+def test_anonymous_visitors_are_sent_to_log_in_and_cannot_flip_a_switch(client: Client) -> None:
+    response = client.get(PREFIX)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=/lightspeed-sandbox/")
+
+    response = client.post(
+        PREFIX, {"flavour": "vendors", "vendors-deny_authorization": "on", "vendors-delay_ms": "60000"}
+    )
+
+    assert response.status_code == 302
+    assert not SandboxBehaviour.objects.filter(flavour="vendors").exclude(delay_ms=0).exists()
+    assert not SandboxBehaviour.objects.filter(flavour="vendors", deny_authorization=True).exists()
+
+
+def test_staff_without_the_change_permission_see_the_switches_but_cannot_flip_them(
+    client: Client, django_user_model: Any
+) -> None:
+    switch("vendors", delay_ms=250)
+    client.force_login(django_user_model.objects.create_user("viewer", password="pw", is_staff=True))
+
+    page = client.get(PREFIX)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="vendors-delay_ms"' not in html
+    assert "250 ms" in html
+
+    response = client.post(PREFIX, {"flavour": "vendors", "vendors-refresh_error": "invalid_grant"})
+
+    assert response.status_code == 403
+    assert SandboxBehaviour.objects.get(flavour="vendors").refresh_error == ""
+
+
+def test_the_delay_switch_never_holds_an_unauthenticated_request(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = connect(client, "vendors")
+    switch("vendors", delay_ms=60_000)
+    slept: list[float] = []
+    monkeypatch.setattr("django_lightspeed_oauth.sandbox.views.time.sleep", slept.append)
+
+    params = {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}
+    response = token_request(client, "vendors", params, secret="wrong")
+
+    assert_oauth_error(response, "invalid_client", status=401)
+    assert slept == []
+    # An authenticated client is slowed as the switch says.
+    assert refresh(client, "vendors", tokens["refresh_token"]).status_code == 200
+    assert slept == [60.0]

@@ -6,7 +6,8 @@ from django.urls import path
 
 from .views import AuthorizeView, IdentityView, IndexView, TokenView
 
-# Mount these on development and test sites only: anyone who can reach the index can flip its switches.
+# Development and test sites only: the views answer 404 unless DEBUG or SANDBOX_ENABLED, the switches
+# on the index page are for staff (check lightspeed_sandbox.E001 keeps the app off production sites).
 app_name = "lightspeed_sandbox"
 
 urlpatterns = [

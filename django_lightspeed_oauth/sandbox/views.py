@@ -12,8 +12,11 @@ import time
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseRedirect,
@@ -21,14 +24,17 @@ from django.http import (
     JsonResponse,
     QueryDict,
 )
+from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.decorators import method_decorator
+from django.utils.translation import gettext as _
 from django.views import View
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
 from ..conf import app_settings
+from .apps import sandbox_enabled
 from .flavours import BASIC, FLAVOURS, Flavour, get_flavour
 from .forms import BehaviourForm
 from .id_tokens import encode_hs256
@@ -45,7 +51,20 @@ CODE_CHALLENGE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 CODE_VERIFIER_RE = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 
 
-class FlavourView(View):
+#: The permission that lets a staff member flip the switches on the index page.
+CHANGE_BEHAVIOUR_PERMISSION = "lightspeed_sandbox.change_sandboxbehaviour"
+
+
+class SandboxView(View):
+    """Every sandbox page: 404 unless the sandbox is enabled (``SANDBOX_ENABLED``, else ``DEBUG``)."""
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if not sandbox_enabled():
+            raise Http404(_("The Lightspeed sandbox is not enabled on this site."))
+        return super().dispatch(request, *args, **kwargs)
+
+
+class FlavourView(SandboxView):
     """A view serving one flavour; the URLconf sets ``flavour_slug``."""
 
     flavour_slug = ""
@@ -207,12 +226,13 @@ class TokenView(FlavourView):
     http_method_names = ["post"]
 
     def post(self, request: HttpRequest, domain_prefix: str = "") -> HttpResponse:
-        behaviour = SandboxBehaviour.for_flavour(self.flavour.slug)
-        if behaviour.delay_ms:
-            time.sleep(behaviour.delay_ms / 1000)
         try:
             params = self.token_parameters(request)
             client = self.authenticate_client(request)
+            # Only after client authentication: an anonymous request must not hold a worker asleep.
+            behaviour = SandboxBehaviour.for_flavour(self.flavour.slug)
+            if behaviour.delay_ms:
+                time.sleep(behaviour.delay_ms / 1000)
             grant_type = params.get("grant_type", "")
             if grant_type == "authorization_code":
                 return self.exchange_code(request, client, params, domain_prefix)
@@ -447,15 +467,28 @@ class IdentityView(FlavourView):
         return response
 
 
-class IndexView(View):
-    """Lists the sandbox servers, their registered clients, and switches to make them misbehave."""
+@method_decorator(never_cache, name="dispatch")
+class IndexView(SandboxView):
+    """Lists the sandbox servers, their registered clients, and switches to make them misbehave.
+
+    Staff only (others are sent to the admin's login); changing a switch also takes the permission to
+    change sandbox behaviours.
+    """
 
     template_name = "lightspeed_sandbox/index.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        user = request.user
+        if sandbox_enabled() and not (user.is_active and user.is_staff):
+            return redirect_to_login(request.get_full_path())
+        return super().dispatch(request, *args, **kwargs)
 
     def get(self, request: HttpRequest) -> HttpResponse:
         return self.render_index(request, {})
 
     def post(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm(CHANGE_BEHAVIOUR_PERMISSION):
+            raise PermissionDenied(_("You may not change the sandbox's behaviour switches."))
         slug = request.POST.get("flavour", "")
         if slug not in FLAVOURS:
             return self.render_index(request, {}, status=400)
@@ -483,7 +516,11 @@ class IndexView(View):
                     "saved": request.GET.get("saved") == flavour.slug,
                 }
             )
-        context = {"servers": servers, "token_lifetime": app_settings.SANDBOX_TOKEN_LIFETIME}
+        context = {
+            "servers": servers,
+            "token_lifetime": app_settings.SANDBOX_TOKEN_LIFETIME,
+            "can_change": request.user.has_perm(CHANGE_BEHAVIOUR_PERMISSION),
+        }
         return render(request, self.template_name, context, status=status)
 
     def endpoints(self, request: HttpRequest, flavour: Flavour) -> list[tuple[str, str]]:

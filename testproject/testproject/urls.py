@@ -8,6 +8,6 @@ urlpatterns = [
     path("", TemplateView.as_view(template_name="testproject/home.html"), name="home"),
     path("admin/", admin.site.urls),
     path("lightspeed/", include("django_lightspeed_oauth.urls")),
-    # Development and test sites only: anyone who can reach the sandbox can flip its switches.
+    # Development and test sites only: without DEBUG it answers 404 (see SANDBOX_ENABLED in README.rst).
     path("lightspeed-sandbox/", include("django_lightspeed_oauth.sandbox.urls")),
 ]
