@@ -194,5 +194,5 @@ benchmark: $(VENV)/.installed-test $(VENV)/.installed-benchmark
 	$(PY) benchmarks/refresh.py $(BENCHMARK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DIST_VENV) $(DIST_TEST_DIR) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/.demo-url testproject/static
+	rm -rf $(VENV) $(DIST_VENV) $(DIST_TEST_DIR) .pytest_cache .ci-artifacts build dist *.egg-info testproject/db.sqlite3 testproject/.demo-url testproject/static testproject/celerybeat-schedule*
 	find . -name __pycache__ -type d -not -path "./.git/*" -not -path "./.venv*" -prune -exec rm -rf {} +
