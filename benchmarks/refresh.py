@@ -156,7 +156,7 @@ def recreate_database(database: dict, drop_only: bool = False) -> None:
 def populate(n: int, token_url: str) -> None:
     """Migrate and create N companies expiring in a minute (run in a forked child)."""
     from django.core.management import call_command
-    from django.db import connections
+    from django.db import connections, transaction
     from django.utils import timezone
 
     from django_lightspeed_oauth.models import ApiClient, ConnectedCompany
@@ -183,16 +183,19 @@ def populate(n: int, token_url: str) -> None:
         ConnectedCompany.objects.bulk_create(
             [
                 ConnectedCompany(
-                    client=client,
-                    company_id=str(100_000 + i),
-                    name=f"Company {i}",
-                    access_token="bench-access-" + secrets.token_urlsafe(16),
-                    refresh_token="bench-refresh-" + secrets.token_urlsafe(16),
-                    expires_at=expires,
+                    client=client, company_id=str(100_000 + i), name=f"Company {i}", expires_at=expires
                 )
                 for i in range(start, min(n, start + BATCH))
             ]
         )
+    # Tokens are bound to their row's primary key, which bulk_create does not give on every database.
+    with transaction.atomic():
+        for pk in ConnectedCompany.objects.filter(client=client).values_list("pk", flat=True).iterator():
+            ConnectedCompany.objects.write_tokens(
+                pk,
+                access_token="bench-access-" + secrets.token_urlsafe(16),
+                refresh_token="bench-refresh-" + secrets.token_urlsafe(16),
+            )
     connections.close_all()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 __all__ = [
+    "BindingError",
     "CompanyDisconnected",
     "ConfigurationError",
     "DecryptionError",
@@ -20,6 +21,7 @@ __all__ = [
     "RefreshInProgress",
     "TokenEndpointError",
     "TransientTokenError",
+    "UnboundSecretError",
 ]
 
 
@@ -44,6 +46,15 @@ class ConfigurationError(LightspeedOAuthError, ImproperlyConfigured):
 
 class DecryptionError(ConfigurationError):
     """A stored secret cannot be decrypted with any of the configured keys."""
+
+
+class BindingError(DecryptionError):
+    """A stored secret does not belong to its row, field or destination (moved or tampered with):
+    it is refused, never sent."""
+
+
+class UnboundSecretError(BindingError):
+    """A stored secret is in 0.1.0's format, not bound to its row: it is refused."""
 
 
 class ProviderError(ConfigurationError):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import models, router, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
 from django.urls import reverse
@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
-from .crypto import EncryptedTextField, fingerprint
+from .crypto import EncryptedTextField, Sealed, binding, binding_of, fingerprint, seal
 from .exceptions import ConfigurationError, DecryptionError, ProviderError
 from .providers import (
     ENVIRONMENTS,
@@ -32,12 +32,58 @@ from .providers import (
 if TYPE_CHECKING:
     import requests
 
-__all__ = ["ApiClient", "AuthorizationRequest", "ConnectedCompany", "Invitation", "TokenEvent"]
+__all__ = [
+    "ApiClient",
+    "AuthorizationRequest",
+    "BoundSecretsModel",
+    "ConnectedCompany",
+    "Invitation",
+    "TokenEvent",
+]
 
 _URL_TEMPLATE = re.compile(r"^https?://[^\s]+$")
 
 
-class ApiClient(models.Model):
+class BoundSecretsModel(models.Model):
+    """A model with encrypted fields: a new row is inserted, then its secrets bound to its key.
+
+    Both statements run in one transaction, so a row never exists without its secrets.
+    """
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        waiting = [
+            field
+            for field in self._meta.concrete_fields
+            if isinstance(field, EncryptedTextField)
+            and isinstance(self.__dict__.get(field.attname), str)
+            and self.__dict__.get(field.attname)
+        ]
+        if self.pk is not None or not waiting:
+            super().save(*args, **kwargs)
+            return
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            self._secrets_after_insert = True
+            try:
+                super().save(*args, **kwargs)
+            finally:
+                del self._secrets_after_insert
+            type(self)._base_manager.using(using).filter(pk=self.pk).update(
+                **{
+                    field.attname: Sealed(seal(self.__dict__[field.attname], binding_of(self, field.name)))
+                    for field in waiting
+                }
+            )
+
+    def secret_context(self, field: str) -> dict[str, Any]:
+        """What besides the row and the field a secret is bound to (nothing, by default)."""
+        return {}
+
+
+class ApiClient(BoundSecretsModel):
     """One OAuth client registered with Lightspeed."""
 
     class Environment(models.TextChoices):
@@ -109,6 +155,11 @@ class ApiClient(models.Model):
         "provider_options",
     )
 
+    #: Where the client secret (and every company's refresh token with it) is sent: the secret is
+    #: bound to these, so a change made behind the app's back (SQL) makes it refuse to send it.
+    #: The admin asks for the secret again when one changes (ApiClientAdminForm).
+    SECRET_DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url", "provider_options")
+
     class Meta:
         verbose_name = _("API client")
         verbose_name_plural = _("API clients")
@@ -141,6 +192,9 @@ class ApiClient(models.Model):
 
     def _credentials(self) -> tuple:
         return tuple(repr(self.__dict__.get(name)) for name in self.CREDENTIAL_FIELDS)
+
+    def secret_context(self, field: str) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.SECRET_DESTINATION_FIELDS}
 
     def clear_credentials_refusal(self) -> None:
         """Let refreshes use this client again (after fixing it at Lightspeed, say)."""
@@ -245,6 +299,16 @@ def _lock_free() -> Q:
     return Q(refresh_lock_id="") | Q(refresh_lock_until=None)
 
 
+def _bound(pk: int, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each token encrypted for company ``pk`` (an UPDATE has no instance)."""
+    return {
+        name: Sealed(seal(value, binding("lightspeed_oauth.connectedcompany", pk, name)))
+        if name in ("access_token", "refresh_token") and isinstance(value, str) and value
+        else value
+        for name, value in values.items()
+    }
+
+
 def _seconds(value: float) -> timedelta:
     return timedelta(seconds=float(value))
 
@@ -321,6 +385,7 @@ class ConnectedCompanyQuerySet(models.QuerySet):
 
     def store_refreshed(self, pk: int, *, lock_id: str, values: dict[str, Any]) -> bool:
         """The lease holder stores new tokens and lets go of the lease."""
+        values = _bound(pk, values)
         return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**{**_STORED, **values}))
 
     def store_refreshed_late(self, pk: int, *, version: int, values: dict[str, Any]) -> bool:
@@ -336,7 +401,7 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         return bool(
             self.filter(pk=pk, token_version=version, status__in=refreshable)
             .filter(nobody_else)
-            .update(**values, **_STORED)
+            .update(**_bound(pk, values), **_STORED)
         )
 
     def record_transient_failure(self, pk: int, *, lock_id: str, message: str, retry_in: float) -> bool:
@@ -375,6 +440,11 @@ class ConnectedCompanyQuerySet(models.QuerySet):
                 **_RELEASED,
             )
         )
+
+    def write_tokens(self, pk: int, **tokens: str) -> bool:
+        """Write ``access_token`` / ``refresh_token`` of company ``pk`` as they are, bound to it
+        (for loading rows made with ``bulk_create``, which cannot bind them: no key yet)."""
+        return bool(self.filter(pk=pk).update(**_bound(pk, tokens)))
 
     def release_lease(self, pk: int, *, lock_id: str, **values: Any) -> bool:
         return bool(self.filter(pk=pk, refresh_lock_id=lock_id).update(**values, **_RELEASED))
@@ -428,7 +498,7 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         )
 
 
-class ConnectedCompany(models.Model):
+class ConnectedCompany(BoundSecretsModel):
     """One merchant account that authorized an API client, with its (encrypted) tokens."""
 
     class Status(models.TextChoices):
@@ -807,7 +877,7 @@ class Invitation(models.Model):
         return bool(done)
 
 
-class AuthorizationRequest(models.Model):
+class AuthorizationRequest(BoundSecretsModel):
     """One started authorization flow, kept server-side and consumed exactly once."""
 
     class Outcome(models.TextChoices):

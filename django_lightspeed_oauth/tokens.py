@@ -35,6 +35,7 @@ from . import leases, oauth, signals
 from .conf import app_settings
 from .crypto import fingerprint
 from .exceptions import (
+    BindingError,
     CompanyDisconnected,
     InvalidClient,
     InvalidGrant,
@@ -207,7 +208,9 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
     seen_version = company.token_version
     waited = False
     while True:
-        settled = _settled(company, force=force, within=within, waited=waited, seen_version=seen_version)
+        settled = _settled_and_readable(
+            company, force=force, within=within, waited=waited, seen_version=seen_version
+        )
         if settled is not None:
             return settled
         lock_id = uuid.uuid4().hex
@@ -229,6 +232,31 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
             return RefreshResult(company, FAILED, waited=True)
         if not wait and company.token_version == seen_version:
             return RefreshResult(company, FRESH, waited=True)
+
+
+def _settled_and_readable(company: ConnectedCompany, **kwargs: Any) -> RefreshResult | None:
+    """:func:`_settled`; and before any request, the secrets it would send must verify as
+    belonging to this company and this client's endpoints, or nothing is sent."""
+    try:
+        settled = _settled(company, **kwargs)
+        if settled is None:
+            company.client.client_secret  # noqa: B018 (decrypted and checked, or BindingError)
+    except BindingError as err:
+        _secret_refused(company, err)
+        raise
+    return settled
+
+
+def _secret_refused(company: ConnectedCompany, err: BindingError) -> None:
+    """Record (once, not at every sweep) that a secret was refused: moved, or its client's
+    endpoints changed behind the app's back. No request was sent."""
+    message = err.message
+    if ConnectedCompany.objects.filter(pk=company.pk).exclude(last_error=message).update(last_error=message):
+        logger.error("Company %s: a stored secret was refused, nothing sent: %s", company.pk, message)
+        _event(company, TokenEvent.Kind.REFRESH_FAILED, message, {"error": "secret_refused"})
+    else:
+        logger.warning("Company %s: a stored secret was refused, nothing sent", company.pk)
+    company.last_error = message
 
 
 def _settled(

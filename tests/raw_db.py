@@ -23,3 +23,15 @@ def raw_column(model, pk, column: str) -> str:
             [pk],
         )
         return cursor.fetchone()[0]
+
+
+def decrypt_column(model, pk, column: str, *keys: bytes | str) -> str:
+    """The column decrypted with ``keys`` alone (default: the test keys), its binding checked."""
+    from contextlib import nullcontext
+
+    from django_lightspeed_oauth import crypto
+
+    raw = raw_column(model, pk, column)
+    row = model._base_manager.get(pk=pk)
+    with encryption_keys(*keys) if keys else nullcontext():
+        return crypto.unseal(raw, crypto.binding_of(row, column))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.utils import timezone
@@ -19,7 +19,7 @@ from django_lightspeed_oauth.models import (
 )
 from django_lightspeed_oauth.providers import TokenSet, get_provider
 from django_lightspeed_oauth.testing import make_client, make_company
-from tests.raw_db import encryption_keys, raw_column
+from tests.raw_db import decrypt_column, encryption_keys, raw_column
 
 SECRET = "client-secret-plain-4d1c"
 ACCESS = "access-token-plain-9b2e"
@@ -46,17 +46,19 @@ def test_no_secret_is_stored_in_plain_text():
     auth_request = make_request(client)
 
     stored = {
-        SECRET: raw_column(ApiClient, client.pk, "client_secret"),
-        ACCESS: raw_column(ConnectedCompany, company.pk, "access_token"),
-        REFRESH: raw_column(ConnectedCompany, company.pk, "refresh_token"),
-        VERIFIER: raw_column(AuthorizationRequest, auth_request.pk, "code_verifier"),
+        SECRET: (ApiClient, client.pk, "client_secret"),
+        ACCESS: (ConnectedCompany, company.pk, "access_token"),
+        REFRESH: (ConnectedCompany, company.pk, "refresh_token"),
+        VERIFIER: (AuthorizationRequest, auth_request.pk, "code_verifier"),
     }
-    for plaintext, column in stored.items():
-        assert column and plaintext not in column
-        assert crypto.decrypt(column) == plaintext
+    for plaintext, (model, pk, name) in stored.items():
+        column = raw_column(model, pk, name)
+        assert column.startswith(crypto.BOUND_PREFIX) and plaintext not in column
+        assert decrypt_column(model, pk, name) == plaintext
     # Each value is encrypted with its own random IV: equal secrets do not look equal.
     other = make_client(client_secret=SECRET)
-    assert raw_column(ApiClient, other.pk, "client_secret") != stored[SECRET]
+    first, second = (raw_column(ApiClient, pk, "client_secret") for pk in (client.pk, other.pk))
+    assert first != second
 
 
 @pytest.mark.django_db
@@ -85,20 +87,16 @@ def test_adding_a_new_first_key_keeps_old_data_readable_and_encrypts_new_data_wi
     key_a, key_b = Fernet.generate_key(), Fernet.generate_key()
     with encryption_keys(key_a):
         company = make_company(access_token=ACCESS, refresh_token=REFRESH)
-        assert (
-            Fernet(key_a).decrypt(raw_column(ConnectedCompany, company.pk, "access_token").encode()).decode()
-            == ACCESS
-        )
+        assert decrypt_column(ConnectedCompany, company.pk, "access_token", key_a) == ACCESS
 
     with encryption_keys(key_b, key_a):
         company = ConnectedCompany.objects.get(pk=company.pk)
         assert company.access_token == ACCESS and company.refresh_token == REFRESH
         company.access_token = "access-token-new"
         company.save(update_fields=["access_token"])
-        written = raw_column(ConnectedCompany, company.pk, "access_token").encode()
-        assert Fernet(key_b).decrypt(written).decode() == "access-token-new"
-        with pytest.raises(InvalidToken):
-            Fernet(key_a).decrypt(written)
+        assert decrypt_column(ConnectedCompany, company.pk, "access_token", key_b) == "access-token-new"
+        with pytest.raises(DecryptionError):
+            decrypt_column(ConnectedCompany, company.pk, "access_token", key_a)
 
 
 @pytest.mark.django_db

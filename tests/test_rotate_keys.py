@@ -8,7 +8,6 @@ from io import StringIO
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
-from django.db.models import F
 from django.test import override_settings
 from django.utils import timezone
 
@@ -26,7 +25,7 @@ from django_lightspeed_oauth.models import (
     ConnectedCompany,
 )
 from django_lightspeed_oauth.testing import make_client, make_company
-from tests.raw_db import encryption_keys, raw_column
+from tests.raw_db import decrypt_column, encryption_keys, raw_column
 
 pytestmark = pytest.mark.django_db
 
@@ -34,7 +33,7 @@ OLD, NEW = Fernet.generate_key(), Fernet.generate_key()
 
 
 def decrypt_with(key: bytes, model, pk, column: str) -> str:
-    return Fernet(key).decrypt(raw_column(model, pk, column).encode()).decode()
+    return decrypt_column(model, pk, column, key)
 
 
 @pytest.fixture
@@ -103,24 +102,26 @@ def test_dry_run_counts_and_writes_nothing(old_data):
 
 def test_a_refresh_during_rotation_is_not_overwritten(old_data, monkeypatch):
     _, company, _, _ = old_data
-    real_decrypt = crypto.decrypt
+    real_decrypt = crypto.unseal
     refreshed = []
 
-    def decrypt_while_a_refresh_lands(value):
+    def decrypt_while_a_refresh_lands(value, associated):
         if not refreshed:
             refreshed.append(True)
             # Another process refreshes between our read and our write (with the new key first).
-            ConnectedCompany.objects.filter(pk=company.pk).update(
-                access_token="access-2", refresh_token="refresh-2", token_version=F("token_version") + 1
+            ConnectedCompany.objects.store_refreshed_late(
+                company.pk,
+                version=company.token_version,
+                values={"access_token": "access-2", "refresh_token": "refresh-2"},
             )
-        return real_decrypt(value)
+        return real_decrypt(value, associated)
 
     with encryption_keys(NEW, OLD):
         # ApiClient first: let the refresh land on the company's read instead.
         monkeypatch.setattr(
             command, "ENCRYPTED_FIELDS", {ConnectedCompany: command.ENCRYPTED_FIELDS[ConnectedCompany]}
         )
-        monkeypatch.setattr(crypto, "decrypt", decrypt_while_a_refresh_lands)
+        monkeypatch.setattr(crypto, "unseal", decrypt_while_a_refresh_lands)
         rotate_keys()
 
     with encryption_keys(NEW):  # secrets are decrypted when read, with the keys then in force
@@ -131,16 +132,18 @@ def test_a_refresh_during_rotation_is_not_overwritten(old_data, monkeypatch):
 
 def test_an_api_client_secret_changed_during_rotation_is_not_overwritten(old_data, monkeypatch):
     client, _, _, _ = old_data
-    real_decrypt = crypto.decrypt
+    real_decrypt = crypto.unseal
 
-    def decrypt_while_staff_change_the_secret(value):
-        plain = real_decrypt(value)
+    def decrypt_while_staff_change_the_secret(value, associated):
+        plain = real_decrypt(value, associated)
         if plain == "secret-1":
-            ApiClient.objects.filter(pk=client.pk).update(client_secret="secret-2")
+            staff = ApiClient.objects.get(pk=client.pk)
+            staff.client_secret = "secret-2"
+            staff.save()
         return plain
 
     with encryption_keys(NEW, OLD):
-        monkeypatch.setattr(crypto, "decrypt", decrypt_while_staff_change_the_secret)
+        monkeypatch.setattr(crypto, "unseal", decrypt_while_staff_change_the_secret)
         rotate_keys()
     assert decrypt_with(NEW, ApiClient, client.pk, "client_secret") == "secret-2"
 

@@ -1,7 +1,7 @@
 """``manage.py rotate_lightspeed_keys``: re-encrypt every stored secret with the first key.
 
-To replace a key: put the new key first in ``LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"]`` and keep the
-old one after it, deploy that to every process, run this command, then remove the old key.
+To replace a key (a rollout in phases, see README): add the new key after the old one
+everywhere, then put it first everywhere, run this command, then remove the old key.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.fernet import Fernet, InvalidToken
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
 
 from ... import crypto
-from ...exceptions import DecryptionError, LightspeedOAuthError
+from ...exceptions import BindingError, DecryptionError, LightspeedOAuthError, UnboundSecretError
 from ...models import ApiClient, AuthorizationRequest, ConnectedCompany
 
 __all__ = ["Command", "rotate_keys"]
@@ -29,8 +28,10 @@ MAX_ATTEMPTS = 5
 ENCRYPTED_FIELDS: dict[type[models.Model], tuple[str, ...]] = {
     ApiClient: ("client_secret",),
     ConnectedCompany: ("access_token", "refresh_token"),
-    AuthorizationRequest: ("code_verifier",),
+    AuthorizationRequest: ("code_verifier", "pending_tokens"),
 }
+#: What else a model's secrets are bound to (see ``secret_context`` on the models).
+CONTEXT_FIELDS: dict[type[models.Model], tuple[str, ...]] = {ApiClient: ApiClient.SECRET_DESTINATION_FIELDS}
 
 
 def _raw(name: str) -> Cast:
@@ -39,81 +40,104 @@ def _raw(name: str) -> Cast:
 
 
 class _Rotation:
-    def __init__(self, dry_run: bool) -> None:
+    def __init__(self, dry_run: bool, bind_unbound: bool) -> None:
         self.dry_run = dry_run
-        crypto.encrypt("")  # every configured key is valid, or ConfigurationError now
-        # Only the first key encrypts: a value it can read needs no rewrite.
-        self.first = Fernet(crypto.configured_keys()[0])
+        self.bind_unbound = bind_unbound
+        crypto.check_keys()  # every configured key is valid, or ConfigurationError now
         self.unreadable: dict[str, list[Any]] = {}
+        self.refused: dict[str, list[Any]] = {}
+        self.unbound: dict[str, list[Any]] = {}
         self.busy: list[Any] = []
 
-    def is_current(self, ciphertext: str) -> bool:
-        if not ciphertext:
-            return True
-        try:
-            self.first.decrypt(ciphertext.encode())
-        except InvalidToken:
-            return False
-        return True
-
     def plaintexts(
-        self, model: type[models.Model], pk: Any, ciphertexts: tuple[str, ...]
+        self, model: type[models.Model], pk: Any, context: dict[str, Any], ciphertexts: tuple[str, ...]
     ) -> tuple[str, ...] | None:
-        """The values in plain text, or None (and the row noted) if no key decrypts one."""
-        try:
-            return tuple(crypto.decrypt(value) if value else "" for value in ciphertexts)
-        except DecryptionError:
-            self.unreadable.setdefault(model.__name__, []).append(pk)
-            return None
+        """The values in plain text, or None (and the row noted) if one cannot be read."""
+        names = ENCRYPTED_FIELDS[model]
+        values = []
+        for name, value in zip(names, ciphertexts, strict=True):
+            try:
+                if not value:
+                    values.append("")
+                elif value.startswith(crypto.BOUND_PREFIX):
+                    bound = crypto.binding(model._meta.label_lower, pk, name, context)
+                    values.append(crypto.unseal(value, bound))
+                elif self.bind_unbound:
+                    values.append(crypto.decrypt(value))  # 0.1.0's format, bound from now on
+                else:
+                    self.unbound.setdefault(model.__name__, []).append(pk)
+                    return None
+            except BindingError:
+                self.refused.setdefault(model.__name__, []).append(pk)
+                return None
+            except DecryptionError:
+                self.unreadable.setdefault(model.__name__, []).append(pk)
+                return None
+        return tuple(values)
+
+    def sealed(
+        self, model: type[models.Model], pk: Any, context: dict[str, Any], plain: tuple[str, ...]
+    ) -> dict[str, Any]:
+        label = model._meta.label_lower
+        return {
+            name: crypto.Sealed(crypto.seal(value, crypto.binding(label, pk, name, context))) if value else ""
+            for name, value in zip(ENCRYPTED_FIELDS[model], plain, strict=True)
+        }
 
     def rows(self, model: type[models.Model], extra: tuple[str, ...] = ()):
         names = ENCRYPTED_FIELDS[model]
+        context = CONTEXT_FIELDS.get(model, ())
         queryset = (
             model._default_manager.order_by("pk")
             .annotate(**{f"raw_{name}": _raw(name) for name in names})
-            .values_list("pk", *extra, *(f"raw_{name}" for name in names))
+            .values_list("pk", *extra, *context, *(f"raw_{name}" for name in names))
         )
-        return queryset.iterator(chunk_size=CHUNK_SIZE)
+        for pk, *rest in queryset.iterator(chunk_size=CHUNK_SIZE):
+            head = rest[: len(extra)]
+            values = dict(zip(context, rest[len(extra) : len(extra) + len(context)], strict=True))
+            yield pk, head, values, tuple(rest[len(extra) + len(context) :])
 
     # Per model ------------------------------------------------------------------------------
 
     def rotate_simple(self, model: type[models.Model]) -> int:
-        """One encrypted column, no version: the write is conditional on the ciphertext we read."""
-        (name,) = ENCRYPTED_FIELDS[model]
+        """No token version: each write is conditional on the ciphertexts (and context) we read."""
+        names = ENCRYPTED_FIELDS[model]
         count = 0
-        for pk, ciphertext in self.rows(model):
-            if self.is_current(ciphertext):
+        for pk, _, context, ciphertexts in self.rows(model):
+            if all(not value or crypto.is_current(value) for value in ciphertexts):
                 continue
-            plain = self.plaintexts(model, pk, (ciphertext,))
+            plain = self.plaintexts(model, pk, context, ciphertexts)
             if plain is None:
                 continue
             count += 1
             if self.dry_run:
                 continue
-            # If someone saved a new value meanwhile, it was encrypted with the first key already.
-            model._default_manager.filter(Exact(_raw(name), ciphertext), pk=pk).update(**{name: plain[0]})
+            # If someone saved a new value meanwhile, it is bound with the first key already. (A
+            # context changed meanwhile needs no check: the value stays bound to the one we read.)
+            unchanged = [Exact(_raw(name), value) for name, value in zip(names, ciphertexts, strict=True)]
+            model._default_manager.filter(*unchanged, pk=pk).update(**self.sealed(model, pk, context, plain))
         return count
 
     def rotate_companies(self) -> int:
         count = 0
-        for pk, version, *ciphertexts in self.rows(ConnectedCompany, ("token_version",)):
-            if self.rotate_company(pk, version, tuple(ciphertexts)):
+        for pk, (version,), _, ciphertexts in self.rows(ConnectedCompany, ("token_version",)):
+            if self.rotate_company(pk, version, ciphertexts):
                 count += 1
         return count
 
     def rotate_company(self, pk: Any, version: int, ciphertexts: tuple[str, ...]) -> bool:
         names = ENCRYPTED_FIELDS[ConnectedCompany]
         for _ in range(MAX_ATTEMPTS):
-            if all(self.is_current(value) for value in ciphertexts):
+            if all(not value or crypto.is_current(value) for value in ciphertexts):
                 return False
-            plain = self.plaintexts(ConnectedCompany, pk, ciphertexts)
+            plain = self.plaintexts(ConnectedCompany, pk, {}, ciphertexts)
             if plain is None:
                 return False
             if self.dry_run:
                 return True
             # A refresh bumps token_version: never write back tokens it has replaced.
             if ConnectedCompany.objects.filter(pk=pk, token_version=version).update(
-                **dict(zip(names, plain, strict=True))
+                **self.sealed(ConnectedCompany, pk, {}, plain)
             ):
                 return True
             row = (
@@ -130,18 +154,30 @@ class _Rotation:
         return False
 
 
-def rotate_keys(dry_run: bool = False, report: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Re-encrypt every stored secret with the first key in ``ENCRYPTION_KEYS``.
+def _rows(found: dict[str, list[Any]]) -> str:
+    return "; ".join(
+        f"{name} {', '.join(str(pk) for pk in pks[:20])}{' ...' if len(pks) > 20 else ''}"
+        for name, pks in found.items()
+    )
+
+
+def rotate_keys(
+    dry_run: bool = False, report: Callable[[str, int], None] | None = None, *, bind_unbound: bool = False
+) -> dict[str, int]:
+    """Re-encrypt every stored secret with the first key in ``ENCRYPTION_KEYS``, bound to its row.
 
     Returns, per model name, how many rows were re-encrypted (with ``dry_run``: would be). Rows
     already encrypted with the first key are left alone, so running it again is cheap.
-    ``report(model_name, count)`` is called as each model is done.
+    ``report(model_name, count)`` is called as each model is done. ``bind_unbound`` also binds
+    values still in 0.1.0's unbound format (written by a 0.1.0 process after migration 0006);
+    without it they are reported.
 
-    :raises DecryptionError: when some value cannot be decrypted with any configured key (after
-        every other row was rotated); its ``counts`` attribute holds the result so far.
+    :raises DecryptionError: when some value cannot be decrypted with any configured key, or is
+        refused (it does not belong to its row), or is unbound (after every other row was
+        rotated); its ``counts`` attribute holds the result so far.
     :raises LightspeedOAuthError: when a company's tokens kept changing under us (run it again).
     """
-    rotation = _Rotation(dry_run)
+    rotation = _Rotation(dry_run, bind_unbound)
     counts: dict[str, int] = {}
     for model in ENCRYPTED_FIELDS:
         if model is ConnectedCompany:
@@ -150,17 +186,34 @@ def rotate_keys(dry_run: bool = False, report: Callable[[str, int], None] | None
             counts[model.__name__] = rotation.rotate_simple(model)
         if report is not None:
             report(model.__name__, counts[model.__name__])
-    unreadable = {name: pks for name, pks in rotation.unreadable.items() if pks}
-    if unreadable:
-        rows = "; ".join(
-            f"{name} {', '.join(str(pk) for pk in pks[:20])}{' ...' if len(pks) > 20 else ''}"
-            for name, pks in unreadable.items()
+    problems = []
+    if rotation.unreadable:
+        problems.append(
+            f"{sum(len(pks) for pks in rotation.unreadable.values())} stored secret(s) cannot be "
+            f'decrypted with any key in LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"] ({_rows(rotation.unreadable)}). '
+            "Add the key they were written with back to the list and run the command again; do "
+            "not remove any key until it succeeds."
         )
-        error = DecryptionError(
-            f"{sum(len(pks) for pks in unreadable.values())} stored secret(s) cannot be "
-            f'decrypted with any key in LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"] ({rows}). Add the key '
-            "they were written with back to the list and run the command again; do not remove "
-            "any key until it succeeds."
+    if rotation.refused:
+        problems.append(
+            f"{sum(len(pks) for pks in rotation.refused.values())} stored secret(s) do not belong to "
+            f"their row ({_rows(rotation.refused)}): copied from another row, or the row's endpoints "
+            "were changed outside the app. They are not used; enter those secrets again (or connect "
+            "those companies again)."
+        )
+    if rotation.unbound:
+        problems.append(
+            f"{sum(len(pks) for pks in rotation.unbound.values())} stored secret(s) are in version "
+            f"0.1.0's unbound format ({_rows(rotation.unbound)}). If a 0.1.0 process wrote them after "
+            "the upgrade, bind them with --bind-unbound."
+        )
+    if problems:
+        error: LightspeedOAuthError = (
+            UnboundSecretError(" ".join(problems))
+            if rotation.unbound and not (rotation.unreadable or rotation.refused)
+            else BindingError(" ".join(problems))
+            if rotation.refused and not rotation.unreadable
+            else DecryptionError(" ".join(problems))
         )
         error.counts = counts  # type: ignore[attr-defined]
         raise error
@@ -183,15 +236,21 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Only count what would be re-encrypted.")
+        parser.add_argument(
+            "--bind-unbound",
+            action="store_true",
+            help="Also bind values still in version 0.1.0's format to their rows (values a 0.1.0 "
+            "process wrote after the upgrade's migration). Only when you know where they came from.",
+        )
 
-    def handle(self, *args: Any, dry_run: bool, **options: Any) -> None:
+    def handle(self, *args: Any, dry_run: bool, bind_unbound: bool, **options: Any) -> None:
         verb = "to re-encrypt" if dry_run else "re-encrypted"
 
         def report(name: str, count: int) -> None:
             self.stdout.write(f"{name:<22} {count:>7} {verb}")
 
         try:
-            counts = rotate_keys(dry_run=dry_run, report=report)
+            counts = rotate_keys(dry_run=dry_run, report=report, bind_unbound=bind_unbound)
         except LightspeedOAuthError as err:
             # The message names rows and settings, never a secret.
             raise CommandError(err.message) from None
