@@ -95,8 +95,8 @@ def _misconfigured(client: ApiClient | None, err: ConfigurationError) -> FlowErr
     # The detail goes to the log for staff; the browser gets a sentence without it.
     logger.error("API client %s cannot be used: %s", client.slug if client else "?", err.message)
     return FlowError(
-        "This connection is not set up correctly",
-        "The site's Lightspeed connection is misconfigured; staff have been told why.",
+        _("This connection is not set up correctly"),
+        _("The site's Lightspeed connection is misconfigured; staff have been told why."),
         status=500,
         reason="misconfigured",
     )
@@ -189,8 +189,8 @@ def _clean_reference(value: str) -> str:
     value = value.strip()
     if len(value) > 255 or any(ord(c) < 32 for c in value):
         raise FlowError(
-            "Invalid reference",
-            "The reference must be at most 255 printable characters.",
+            _("Invalid reference"),
+            _("The reference must be at most 255 printable characters."),
             reason="bad_reference",
         )
     return value
@@ -496,29 +496,31 @@ class CallbackView(FlowViewMixin, View):
         state = states[-1] if states else ""
         if not state:
             raise FlowError(
-                "Missing state",
-                "This link is incomplete: it has no state. Start again from the site.",
+                _("Missing state"),
+                _("This link is incomplete: it has no state. Start again from the site."),
                 reason="missing_state",
             )
         if len(states) > 1 or not STATE_PATTERN.match(state):
-            raise FlowError("Invalid state", "This link is not one the site started.", reason="invalid_state")
+            raise FlowError(
+                _("Invalid state"), _("This link is not one the site started."), reason="invalid_state"
+            )
         auth_request = AuthorizationRequest.objects.select_related("client").filter(state=state).first()
         if auth_request is None:
             raise FlowError(
-                "Unknown state",
-                "This link is not one the site started. Start again from the site.",
+                _("Unknown state"),
+                _("This link is not one the site started. Start again from the site."),
                 reason="unknown_state",
             )
         if auth_request.used_at is not None:
             raise FlowError(
-                "Link already used",
-                "This authorization was already completed or cancelled. Start again from the site.",
+                _("Link already used"),
+                _("This authorization was already completed or cancelled. Start again from the site."),
                 reason="replayed_state",
             )
         if auth_request.expires_at <= timezone.now():
             raise FlowError(
-                "Link expired",
-                "This authorization took too long and expired. Start again from the site.",
+                _("Link expired"),
+                _("This authorization took too long and expired. Start again from the site."),
                 reason="expired_state",
             )
         binding = request.session.get(SESSION_BINDING_KEY)
@@ -529,9 +531,11 @@ class CallbackView(FlowViewMixin, View):
             )
         ):
             raise FlowError(
-                "Different browser",
-                "This authorization was started in another "
-                "browser. Finish it in the browser where it started.",
+                _("Different browser"),
+                _(
+                    "This authorization was started in another "
+                    "browser. Finish it in the browser where it started."
+                ),
                 reason="browser_mismatch",
             )
         return auth_request
@@ -544,8 +548,8 @@ class CallbackView(FlowViewMixin, View):
         ).update(used_at=now, **values)
         if not won:
             raise FlowError(
-                "Link already used",
-                "This authorization was already completed. Start again from the site.",
+                _("Link already used"),
+                _("This authorization was already completed. Start again from the site."),
                 reason="replayed_state",
             )
         auth_request.used_at = now
@@ -584,20 +588,22 @@ class CallbackView(FlowViewMixin, View):
             self.release_invitation_use(auth_request)
             if outcome == AuthorizationRequest.Outcome.DENIED:
                 raise FlowError(
-                    "Connection cancelled",
-                    "The connection to Lightspeed was declined, so nothing was connected.",
+                    _("Connection cancelled"),
+                    _("The connection to Lightspeed was declined, so nothing was connected."),
                     reason="access_denied",
                 )
             raise FlowError(
-                "Lightspeed refused the connection",
-                f"Lightspeed answered with an error ({code}).",
+                _("Lightspeed refused the connection"),
+                _("Lightspeed answered with an error (%(code)s).") % {"code": code},
                 reason="provider_error",
             )
         codes = params.getlist("code")
         code = codes[0] if len(codes) == 1 else ""
         if not code or not PRINTABLE.match(code):
             raise FlowError(
-                "Missing code", "Lightspeed's answer has no valid authorization code.", reason="missing_code"
+                _("Missing code"),
+                _("Lightspeed's answer has no valid authorization code."),
+                reason="missing_code",
             )
         provider = client.get_provider()
         context = {}
@@ -605,7 +611,9 @@ class CallbackView(FlowViewMixin, View):
             value = params.get(name, "")
             if not URL_PLACEHOLDER_VALUE.match(value):
                 raise FlowError(
-                    "Invalid answer", f"Lightspeed's answer has no valid {name}.", reason=f"bad_{name}"
+                    _("Invalid answer"),
+                    _("Lightspeed's answer has no valid %(parameter)s.") % {"parameter": name},
+                    reason=f"bad_{name}",
                 )
             context[name] = value
         self.consume(auth_request)
@@ -625,8 +633,11 @@ class CallbackView(FlowViewMixin, View):
             logger.warning("Connecting with API client %s failed: %s", client.slug, err.message)
             self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
             raise FlowError(
-                "Lightspeed could not complete the connection",
-                "Lightspeed did not confirm the connection. Nothing was saved; please try again in a moment.",
+                _("Lightspeed could not complete the connection"),
+                _(
+                    "Lightspeed did not confirm the connection. Nothing was saved; "
+                    "please try again in a moment."
+                ),
                 status=502,
                 reason="exchange_failed",
             ) from None
@@ -634,8 +645,8 @@ class CallbackView(FlowViewMixin, View):
             logger.error("API client %s is misconfigured: %s", client.slug, err.message)
             self.record_failure(auth_request, AuthorizationRequest.Outcome.FAILED, err.message)
             raise FlowError(
-                "This connection is not set up correctly",
-                "The site's Lightspeed connection is misconfigured; staff can see why in the admin.",
+                _("This connection is not set up correctly"),
+                _("The site's Lightspeed connection is misconfigured; staff can see why in the admin."),
                 status=500,
                 reason="misconfigured",
             ) from None
@@ -692,9 +703,11 @@ class CallbackView(FlowViewMixin, View):
                 "The connection could not be saved (database error).",
             )
             raise FlowError(
-                "The connection could not be saved",
-                "Lightspeed confirmed the connection but the site could not save it. "
-                "Please try again in a moment.",
+                _("The connection could not be saved"),
+                _(
+                    "Lightspeed confirmed the connection but the site could not save it. "
+                    "Please try again in a moment."
+                ),
                 status=503,
                 reason="store_failed",
             ) from None
@@ -849,8 +862,8 @@ class ChooseBusinessView(CallbackView):
         ).update(outcome=AuthorizationRequest.Outcome.PENDING)
         if not won:
             raise FlowError(
-                "Link already used",
-                "This business was already chosen. Start again from the site.",
+                _("Link already used"),
+                _("This business was already chosen. Start again from the site."),
                 reason="replayed_choice",
             )
         try:
@@ -873,8 +886,8 @@ class ChooseBusinessView(CallbackView):
         )
         if auth_request is None or not auth_request.pending_tokens:
             raise FlowError(
-                "Nothing to choose",
-                "There is no connection waiting for a choice in this browser. Start again from the site.",
+                _("Nothing to choose"),
+                _("There is no connection waiting for a choice in this browser. Start again from the site."),
                 reason="no_choice",
             )
         binding = request.session.get(SESSION_BINDING_KEY) or ""
@@ -882,8 +895,8 @@ class ChooseBusinessView(CallbackView):
             hashlib.sha256(binding.encode()).hexdigest(), auth_request.browser_binding
         ):
             raise FlowError(
-                "Different browser",
-                "This connection was started in another browser. Finish it where it started.",
+                _("Different browser"),
+                _("This connection was started in another browser. Finish it where it started."),
                 reason="browser_mismatch",
             )
         if auth_request.choice_expires_at is None or auth_request.choice_expires_at <= timezone.now():
@@ -895,8 +908,8 @@ class ChooseBusinessView(CallbackView):
             )
             self.release_invitation_use(auth_request)
             raise FlowError(
-                "Link expired",
-                "The business was not chosen in time. Start again from the site.",
+                _("Link expired"),
+                _("The business was not chosen in time. Start again from the site."),
                 reason="choice_expired",
             )
         return auth_request
@@ -947,9 +960,11 @@ class ResultView(FlowViewMixin, View):
             return self.flow_failed(
                 request,
                 FlowError(
-                    "Nothing to show",
-                    "This page shows how a connection made in this browser ended, and there is none. "
-                    "Start again from the site.",
+                    _("Nothing to show"),
+                    _(
+                        "This page shows how a connection made in this browser ended, and there is none. "
+                        "Start again from the site."
+                    ),
                     status=404,
                     reason="no_result",
                 ),
@@ -969,8 +984,8 @@ class ResultView(FlowViewMixin, View):
             return self.flow_failed(
                 request,
                 FlowError(
-                    "Nothing to show",
-                    "The company connected in this browser no longer exists.",
+                    _("Nothing to show"),
+                    _("The company connected in this browser no longer exists."),
                     status=404,
                     reason="no_result",
                 ),
