@@ -202,4 +202,8 @@ CELERY_BEAT_SCHEDULE = {
         # The demo's tokens last two minutes (SANDBOX_TOKEN_LIFETIME): sweep every 30 seconds.
         "schedule": env.float("CELERY_SWEEP_EVERY", default=30.0),
     },
+    "purge-lightspeed-data": {
+        "task": "django_lightspeed_oauth.tasks.purge_lightspeed_data",
+        "schedule": 3600.0,
+    },
 }
