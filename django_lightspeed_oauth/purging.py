@@ -77,6 +77,28 @@ def purgeable_invitations(now: datetime) -> models.QuerySet[Invitation]:
     )
 
 
+def discard_expired_choices(now: datetime) -> int:
+    """Erase the tokens still waiting for a business choice that was not made in time.
+
+    They are encrypted, but need not wait for the retention: nobody can use them any more.
+    """
+    expired = AuthorizationRequest.objects.filter(
+        outcome=AuthorizationRequest.Outcome.CHOOSING, choice_expires_at__lte=now
+    )
+    discarded = 0
+    for pk in list(expired.values_list("pk", flat=True)):
+        discarded += AuthorizationRequest.objects.filter(
+            pk=pk, outcome=AuthorizationRequest.Outcome.CHOOSING, choice_expires_at__lte=now
+        ).update(
+            pending_tokens="",
+            pending_companies=[],
+            outcome=AuthorizationRequest.Outcome.FAILED,
+            error="The business was not chosen in time; the tokens were discarded.",
+        )
+        Invitation.objects.release_use(pk)
+    return discarded
+
+
 def _delete_in_batches(queryset: models.QuerySet) -> int:
     model = queryset.model
     deleted = 0
@@ -96,6 +118,7 @@ def purge(*, now: datetime | None = None, dry_run: bool = False) -> PurgeResult:
     invitations = purgeable_invitations(now)
     if dry_run:
         return PurgeResult(requests.count(), events.count(), invitations.count())
+    discard_expired_choices(now)
     # A request that never came back still holds a use of its invitation: give it back first.
     for pk in requests.filter(holds_invitation_use=True).values_list("pk", flat=True).iterator():
         Invitation.objects.release_use(pk)

@@ -180,3 +180,37 @@ def test_batches_delete_everything_past_the_retention(api_client, monkeypatch):
 
     assert purge().token_events == 10
     assert remaining(TokenEvent) == {kept.pk}
+
+
+@lightspeed_settings(AUTHORIZATION_REQUEST_RETENTION=30)
+def test_tokens_waiting_for_a_choice_that_expired_are_erased_at_once(api_client):
+    now = timezone.now()
+    held = invitation(api_client, uses=1)
+    waiting = {"pending_tokens": '{"access_token": "A", "refresh_token": "R"}', "used_at": now}
+    expired = flow(
+        api_client,
+        age=timedelta(minutes=20),
+        expires_in=-timedelta(minutes=10),
+        outcome=Outcome.CHOOSING,
+        choice_expires_at=now - timedelta(minutes=1),
+        invitation=held,
+        holds_invitation_use=True,
+        **waiting,
+    )
+    choosing = flow(
+        api_client,
+        age=timedelta(minutes=2),
+        expires_in=timedelta(minutes=8),
+        outcome=Outcome.CHOOSING,
+        choice_expires_at=now + timedelta(minutes=5),
+        **waiting,
+    )
+
+    assert purge().authorization_requests == 0  # both are younger than the retention
+
+    expired.refresh_from_db()
+    choosing.refresh_from_db()
+    assert (expired.pending_tokens, expired.outcome) == ("", Outcome.FAILED)
+    assert choosing.pending_tokens and choosing.outcome == Outcome.CHOOSING
+    held.refresh_from_db()
+    assert held.uses == 0
