@@ -4,17 +4,19 @@ to send a secret elsewhere or to move it to another row."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from io import StringIO
 
 import pytest
 from cryptography.fernet import Fernet
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
+from django.utils import timezone
 
 from django_lightspeed_oauth import crypto
 from django_lightspeed_oauth.exceptions import BindingError, DecryptionError, UnboundSecretError
 from django_lightspeed_oauth.management.commands.rotate_lightspeed_keys import rotate_keys
-from django_lightspeed_oauth.models import ApiClient, ConnectedCompany, TokenEvent
+from django_lightspeed_oauth.models import ApiClient, AuthorizationRequest, ConnectedCompany, TokenEvent
 from django_lightspeed_oauth.refreshing import refresh_due
 from django_lightspeed_oauth.testing import TokenServer, make_client, make_company
 from tests.raw_db import decrypt_column, encryption_keys, raw_column
@@ -251,3 +253,35 @@ def test_a_key_this_process_lacks_is_not_called_a_binding_error():
     assert not isinstance(caught.value, BindingError)
     assert "missing a key" in caught.value.message
     assert LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"][0] not in json.dumps(caught.value.message)
+
+
+# The authorization flow --------------------------------------------------------------------------
+
+
+def test_a_callback_after_the_token_url_changed_in_sql_sends_nothing(staff_client, api_client, mocked):
+    from tests.test_callback_errors import CALLBACK, assert_error_page, assert_nothing_connected, start
+
+    state = start(staff_client, api_client)
+    sql_set(ApiClient, api_client.pk, "token_url", "https://collector.example/oauth/token")
+
+    response = staff_client.get(CALLBACK, {"code": "c0de", "state": state})
+
+    assert_error_page(response, 500, "misconfigured", "misconfigured")
+    assert not mocked.calls
+    assert_nothing_connected()
+
+
+def test_a_pkce_verifier_moved_to_another_flow_is_refused(api_client):
+    first, second = (
+        AuthorizationRequest.objects.create(
+            client=api_client,
+            state=letter * 32,
+            code_verifier=f"verifier-{letter}" * 5,
+            expires_at=timezone.now() + timedelta(minutes=5),
+        )
+        for letter in "ab"
+    )
+    sql_copy(AuthorizationRequest, first.pk, second.pk, "code_verifier")
+    with pytest.raises(BindingError):
+        AuthorizationRequest.objects.get(pk=second.pk).code_verifier  # noqa: B018
+    assert AuthorizationRequest.objects.get(pk=first.pk).code_verifier == "verifier-a" * 5
