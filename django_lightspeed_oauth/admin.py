@@ -18,7 +18,15 @@ from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, F, Q, QuerySet
 from django.forms import BaseInlineFormSet
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+    QueryDict,
+)
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -112,6 +120,25 @@ def _absolute_invitation_url(request: HttpRequest, token: str) -> str:
     return url if "://" in url else request.build_absolute_uri(url)
 
 
+class NulFreeChangeListMixin:
+    """A list whose search or filters hold a NUL character answers 400.
+
+    PostgreSQL cannot compare text with a NUL, so such a filter (``?status=%00``) would otherwise
+    fail as a server error when the list is read.
+    """
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        if has_nul(request.GET):
+            message = str(_("A search or filter of this list contains a NUL character."))
+            return HttpResponseBadRequest(message, content_type="text/plain; charset=utf-8")
+        return super().changelist_view(request, extra_context)  # type: ignore[misc]
+
+
+def has_nul(data: QueryDict) -> bool:
+    """Whether any key or value of a query or form holds a NUL character."""
+    return any("\x00" in key or any("\x00" in value for value in values) for key, values in data.lists())
+
+
 # API clients --------------------------------------------------------------------------------
 
 
@@ -135,7 +162,7 @@ class ProviderFilter(admin.SimpleListFilter):
 
 
 @admin.register(ApiClient)
-class ApiClientAdmin(admin.ModelAdmin):
+class ApiClientAdmin(NulFreeChangeListMixin, admin.ModelAdmin):
     form = ApiClientAdminForm
     list_display = [
         "name",
@@ -471,7 +498,7 @@ class TokenEventInline(ReadOnlyMixin, admin.TabularInline):
 
 
 @admin.register(ConnectedCompany)
-class ConnectedCompanyAdmin(admin.ModelAdmin):
+class ConnectedCompanyAdmin(NulFreeChangeListMixin, admin.ModelAdmin):
     list_display = [
         "name",
         "company_id",
@@ -836,7 +863,7 @@ class ConnectedCompanyAdmin(admin.ModelAdmin):
 # Audit trail ------------------------------------------------------------------------------------
 
 
-class ReadOnlyAdmin(ReadOnlyMixin, admin.ModelAdmin):
+class ReadOnlyAdmin(NulFreeChangeListMixin, ReadOnlyMixin, admin.ModelAdmin):
     pass
 
 
@@ -932,7 +959,7 @@ class InvitationStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(NulFreeChangeListMixin, admin.ModelAdmin):
     """Invitation links: created here (the link is shown once), listed with their uses, revoked.
 
     The link itself is never stored (only a hash of its token), so it cannot be shown again.

@@ -8,6 +8,7 @@ import django
 from django import forms
 from django.apps import apps
 from django.db import models
+from django.forms.fields import InvalidJSONInput
 from django.utils.translation import gettext_lazy as _
 
 from .conf import app_settings
@@ -25,6 +26,64 @@ def _formfield(db_field: models.Field, **kwargs: Any) -> forms.Field | None:
         # Redirect URIs are https; say so before Django 6 makes it the default.
         kwargs.setdefault("assume_scheme", "https")
     return db_field.formfield(**kwargs)
+
+
+#: Provider options are a flat object; nothing legitimate comes near this depth.
+PROVIDER_OPTIONS_MAX_DEPTH = 32
+
+
+def _unstorable_json(value: Any) -> str:
+    """Why ``value`` (parsed JSON) cannot be stored on every database, or ``""``.
+
+    Walks without recursion, so that no nesting can exhaust the stack: PostgreSQL's jsonb refuses a
+    NUL character in a string, no database can encode a lone surrogate, and deep nesting would
+    overflow the JSON encoder.
+    """
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > PROVIDER_OPTIONS_MAX_DEPTH:
+            return str(_("Provider options are nested too deeply."))
+        if isinstance(item, dict):
+            pending.extend((key, depth) for key in item)
+            pending.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in item):
+            return str(_("Provider options cannot contain a NUL character or an unpaired surrogate."))
+    return ""
+
+
+class ProviderOptionsField(forms.JSONField):
+    """A JSON field whose bad input is a form error: too deep, NUL characters, lone surrogates."""
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            converted = super().to_python(value)
+        except RecursionError:
+            message = _("Provider options are nested too deeply.")
+            raise forms.ValidationError(message, code="invalid") from None
+        problem = _unstorable_json(converted)
+        if problem:
+            raise forms.ValidationError(problem, code="invalid")
+        return converted
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # What the page shows again: the text as typed when it cannot be parsed, or when the parsed
+        # value could not be rendered (a lone surrogate cannot be encoded into the page).
+        try:
+            bound = super().bound_data(data, initial)
+        except RecursionError:
+            return InvalidJSONInput(data)
+        if not isinstance(bound, InvalidJSONInput) and _unstorable_json(bound):
+            return InvalidJSONInput(data)
+        return bound
+
+    def has_changed(self, initial: Any, data: Any) -> bool:
+        try:
+            return super().has_changed(initial, data)
+        except RecursionError:
+            return True
 
 
 class ApiClientAdminForm(forms.ModelForm):
@@ -47,6 +106,7 @@ class ApiClientAdminForm(forms.ModelForm):
     class Meta:
         model = ApiClient
         formfield_callback = _formfield
+        field_classes = {"provider_options": ProviderOptionsField}
         # client_secret is a declared field: the model field is not editable, on purpose.
         fields = [
             "name",

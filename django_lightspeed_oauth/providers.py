@@ -151,6 +151,10 @@ def _choice(*allowed: str):
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("must be a non-empty string")
+    # Keys, grant types and URLs are printable: a NUL cannot even be stored on PostgreSQL, and a
+    # lone surrogate cannot be encoded to be sent.
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise ValueError("must not contain control characters or unpaired surrogates")
     return value
 
 

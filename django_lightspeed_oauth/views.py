@@ -229,6 +229,8 @@ class ConnectView(FlowViewMixin, View):
         next_url = data.get("next", "")
         if next_url and (
             len(next_url) > NEXT_URL_MAX_LENGTH
+            # A control character (NUL above all: PostgreSQL cannot store it) is never part of a page.
+            or any(ord(c) < 32 or ord(c) == 127 for c in next_url)
             or not url_has_allowed_host_and_scheme(
                 next_url, allowed_hosts={request.get_host()}, require_https=request.is_secure()
             )

@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
 
+from ..admin import NulFreeChangeListMixin
 from .models import SandboxBehaviour, SandboxClient
 
 
@@ -33,7 +34,7 @@ class SandboxClientForm(forms.ModelForm):
 
 
 @admin.register(SandboxClient)
-class SandboxClientAdmin(admin.ModelAdmin):
+class SandboxClientAdmin(NulFreeChangeListMixin, admin.ModelAdmin):
     form = SandboxClientForm
     list_display = ["client_id", "name", "flavour", "redirect_uri", "created_at"]
     list_filter = ["flavour"]
@@ -41,7 +42,7 @@ class SandboxClientAdmin(admin.ModelAdmin):
 
 
 @admin.register(SandboxBehaviour)
-class SandboxBehaviourAdmin(admin.ModelAdmin):
+class SandboxBehaviourAdmin(NulFreeChangeListMixin, admin.ModelAdmin):
     list_display = ["flavour", "deny_authorization", "refresh_error", "delay_ms", "updated_at"]
     list_editable = ["deny_authorization", "refresh_error", "delay_ms"]
     list_filter = ["deny_authorization", "refresh_error"]

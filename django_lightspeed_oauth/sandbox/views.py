@@ -64,6 +64,11 @@ class SandboxView(View):
         return super().dispatch(request, *args, **kwargs)
 
 
+def has_nul(params: QueryDict) -> bool:
+    """Whether any key or value of a query or form holds a NUL character."""
+    return any("\x00" in key or any("\x00" in value for value in values) for key, values in params.lists())
+
+
 class FlavourView(SandboxView):
     """A view serving one flavour; the URLconf sets ``flavour_slug``."""
 
@@ -114,6 +119,9 @@ class AuthorizeView(FlavourView):
 
     def check_request(self, params: QueryDict) -> SandboxClient | HttpResponse:
         """Return the requesting client, or the response that refuses the request."""
+        if has_nul(params):
+            # Nothing to compare with: PostgreSQL cannot even look such a value up.
+            return self.error_page(_("The authorization request contains a NUL character."))
         client = SandboxClient.objects.filter(
             flavour=self.flavour.slug, client_id=params.get("client_id", "")
         ).first()
@@ -257,6 +265,8 @@ class TokenView(FlavourView):
     def token_parameters(self, request: HttpRequest) -> QueryDict:
         """Return the parameters of the token request from where the flavour expects them."""
         flavour = self.flavour
+        if has_nul(request.GET) or has_nul(request.POST):
+            raise TokenError("invalid_request", "The token request contains a NUL character.")
         if flavour.rejects_query_credentials and (
             "client_id" in request.GET or "client_secret" in request.GET
         ):
@@ -284,7 +294,9 @@ class TokenView(FlavourView):
             client_secret = request.POST.get("client_secret", "")
             if not client_id or not client_secret:
                 raise invalid_client("client_id and client_secret are required in the form body.", basic)
-        client = SandboxClient.objects.filter(flavour=self.flavour.slug, client_id=client_id).first()
+        client = None
+        if "\x00" not in client_id:  # from a Basic header; PostgreSQL cannot look a NUL up
+            client = SandboxClient.objects.filter(flavour=self.flavour.slug, client_id=client_id).first()
         if client is None or not client.secret_matches(client_secret):
             raise invalid_client("Client authentication failed.", basic)
         return client
