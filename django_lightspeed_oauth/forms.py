@@ -148,8 +148,9 @@ class ApiClientAdminForm(forms.ModelForm):
             raise forms.ValidationError(_("The secret cannot contain control characters."))
         return secret
 
-    #: Fields that decide where the secret and every company's refresh token are sent.
-    DESTINATION_FIELDS = ("provider", "environment", "authorize_url", "token_url", "provider_options")
+    #: Fields that decide where the secret and every company's refresh token are sent; the
+    #: stored secret is bound to them (one changed behind the form's back makes it refused).
+    DESTINATION_FIELDS = ApiClient.SECRET_DESTINATION_FIELDS
 
     def clean(self) -> dict[str, Any]:
         super().clean()

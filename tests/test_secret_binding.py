@@ -285,3 +285,27 @@ def test_a_pkce_verifier_moved_to_another_flow_is_refused(api_client):
     with pytest.raises(BindingError):
         AuthorizationRequest.objects.get(pk=second.pk).code_verifier  # noqa: B018
     assert AuthorizationRequest.objects.get(pk=first.pk).code_verifier == "verifier-a" * 5
+
+
+def test_staff_moving_a_client_in_the_admin_with_its_secret_rebinds_it(servers, admin_client):
+    from tests.test_admin import client_form_data
+
+    ours, theirs = servers
+    client = server_client(ours, client_secret="secret-1")
+    company = make_company(client, expires_in=60)
+    url = f"/admin/lightspeed_oauth/apiclient/{client.pk}/change/"
+    moved = dict(
+        token_url=theirs.token_url,
+        authorize_url=theirs.url + "/authorize",
+        provider_options='{"token_auth": "body", "token_params": "form"}',
+    )
+
+    refused = admin_client.post(url, client_form_data(client, **moved))
+    assert refused.status_code == 200  # the form asks for the secret: nothing saved
+    assert ApiClient.objects.get(pk=client.pk).token_url == ours.token_url
+
+    saved = admin_client.post(url, client_form_data(client, client_secret="secret-1", **moved))
+    assert saved.status_code == 302
+    assert refresh_due(workers=1).refreshed == 1
+    assert theirs.stats()["refreshes"] == 1 and ours.stats()["requests"] == 0
+    assert ConnectedCompany.objects.get(pk=company.pk).token_version == 1
