@@ -200,6 +200,18 @@ def test_secrets_cannot_be_written_without_their_row():
     assert ConnectedCompany.objects.count() == 1
 
 
+def test_companies_made_with_bulk_create_get_their_tokens_with_write_tokens():
+    client = make_client()
+    ConnectedCompany.objects.bulk_create([ConnectedCompany(client=client, company_id=n) for n in "012"])
+    for company in ConnectedCompany.objects.all():
+        n = company.company_id
+        tokens = {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}"}
+        assert ConnectedCompany.objects.write_tokens(company.pk, **tokens)
+    company = ConnectedCompany.objects.get(company_id="2")
+    assert (company.access_token, company.refresh_token) == ("access-2", "refresh-2")
+    assert decrypt_column(ConnectedCompany, company.pk, "refresh_token") == "refresh-2"
+
+
 def test_rotation_keeps_the_binding():
     old, new = Fernet.generate_key(), Fernet.generate_key()
     with encryption_keys(old):
