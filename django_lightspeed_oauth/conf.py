@@ -58,6 +58,11 @@ DEFAULTS: dict[str, Any] = {
     # Read timeout, in seconds, of refresh requests (per read; the whole answer is bounded by
     # REFRESH_MAX_DURATION). Long on purpose: the answer may hold the only copy of a rotated token.
     "REFRESH_READ_TIMEOUT": 120,
+    # Companies a refresh sweep claims at a time (see "Several processes and hosts" in README.rst).
+    "SWEEP_BATCH_SIZE": 100,
+    # Seconds a sweep's claim on its batch lasts unless renewed (database clock); None: LOCK_TIMEOUT.
+    # A sweep that dies or is frozen keeps its batch from the others this long at most.
+    "SWEEP_CLAIM_LIFETIME": None,
     # First and largest back-off, in seconds, after a transient refresh failure.
     "RETRY_BACKOFF": 60,
     "RETRY_BACKOFF_MAX": 3600,
@@ -240,6 +245,27 @@ class AppSettings:
     @property
     def REFRESH_READ_TIMEOUT(self) -> float:
         return self._seconds("REFRESH_READ_TIMEOUT")
+
+    @property
+    def SWEEP_BATCH_SIZE(self) -> int:
+        value = self._get("SWEEP_BATCH_SIZE")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"{SETTING_NAME}['SWEEP_BATCH_SIZE'] must be a whole number of at least 1, not {value!r}."
+            )
+        return value
+
+    @property
+    def SWEEP_CLAIM_LIFETIME(self) -> float:
+        value = self._get("SWEEP_CLAIM_LIFETIME")
+        if value is None:
+            return self.LOCK_TIMEOUT
+        seconds = _number("SWEEP_CLAIM_LIFETIME", value)
+        if seconds <= 0:
+            raise ConfigurationError(
+                f"{SETTING_NAME}['SWEEP_CLAIM_LIFETIME'] must be a positive number of seconds, not {value!r}."
+            )
+        return seconds
 
     @property
     def RETRY_BACKOFF(self) -> float:

@@ -5,6 +5,9 @@ request is in flight, and while it stores the answer, this process renews the le
 ``LOCK_RENEW_INTERVAL`` seconds, in one UPDATE for all the leases it holds, for at most
 :func:`max_hold` seconds after the lease was taken. A process that dies or is frozen renews nothing,
 so its leases end within ``LOCK_TIMEOUT`` and another process may take over.
+
+The same thread renews the claims of the sweep batches this process works on (see
+:func:`.refreshing.claim_batch`), every third of ``SWEEP_CLAIM_LIFETIME`` at most.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from django.db import connections, router
 
 from .conf import app_settings
 
-__all__ = ["keep", "max_hold", "renew_interval"]
+__all__ = ["drop_claim", "hold_claim", "keep", "max_hold", "renew_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +49,13 @@ RETRY_AFTER_FAILURE = 0.25
 
 
 class _Keeper:
-    """The process's renewal thread and the leases it keeps (lock id -> monotonic time taken)."""
+    """The process's renewal thread, the leases it keeps (lock id -> monotonic time taken) and the
+    batch claims it keeps."""
 
-    def __init__(self, leases: dict[str, float] | None = None) -> None:
+    def __init__(self, leases: dict[str, float] | None = None, claims: set[str] | None = None) -> None:
         self.pid = os.getpid()
         self.leases: dict[str, float] = dict(leases or {})
+        self.claims: set[str] = set(claims or ())
         self.changed = threading.Condition()
         self.thread = threading.Thread(target=self.run, name="lightspeed-lease-keeper", daemon=True)
         self.thread.start()
@@ -62,20 +67,31 @@ class _Keeper:
         wait = renew_interval()
         while True:
             with self.changed:
-                while not self.leases:
+                while not self.leases and not self.claims:
                     self.changed.wait()
+                if self.claims:
+                    wait = min(wait, app_settings.SWEEP_CLAIM_LIFETIME / 3)
             time.sleep(wait)
             wait = renew_interval()
             now = time.monotonic()
             with self.changed:
                 held = [lock_id for lock_id, taken in self.leases.items() if now - taken < max_hold()]
-            if not held:
+                claims = list(self.claims)
+            if not held and not claims:
                 continue
             try:
-                ConnectedCompany.objects.renew_leases(held, lease=app_settings.LOCK_TIMEOUT)
+                if held:
+                    ConnectedCompany.objects.renew_leases(held, lease=app_settings.LOCK_TIMEOUT)
+                if claims:
+                    ConnectedCompany.objects.renew_claims(claims, lifetime=app_settings.SWEEP_CLAIM_LIFETIME)
             except Exception as err:
                 # The holders go on; their leases end unless a renewal gets through in time.
-                logger.warning("Could not renew %s refresh lease(s): %s", len(held), type(err).__name__)
+                logger.warning(
+                    "Could not renew %s refresh lease(s) and %s batch claim(s): %s",
+                    len(held),
+                    len(claims),
+                    type(err).__name__,
+                )
                 wait = min(RETRY_AFTER_FAILURE, wait)
             finally:
                 # Hold no connection while sleeping (nor one a test database's teardown would wait on).
@@ -95,8 +111,8 @@ def _process_keeper() -> _Keeper:
         # After a fork the parent's thread does not exist in the child; a thread that died (it
         # should not) is replaced, and the leases it kept move to the new one.
         if _keeper is None or _keeper.pid != os.getpid() or not _keeper.thread.is_alive():
-            kept = _keeper.leases if _keeper is not None and _keeper.pid == os.getpid() else {}
-            _keeper = _Keeper(kept)
+            same = _keeper is not None and _keeper.pid == os.getpid()
+            _keeper = _Keeper(_keeper.leases, _keeper.claims) if same and _keeper else _Keeper()
         return _keeper
 
 
@@ -105,7 +121,7 @@ def keep(lock_id: str) -> Iterator[None]:
     """Renew the lease ``lock_id`` while the block runs (for at most :func:`max_hold` seconds)."""
     keeper = _process_keeper()
     with keeper.changed:
-        if not keeper.leases:
+        if not keeper.leases and not keeper.claims:
             keeper.changed.notify_all()  # start counting the interval
         keeper.leases[lock_id] = time.monotonic()
     try:
@@ -113,3 +129,19 @@ def keep(lock_id: str) -> Iterator[None]:
     finally:
         with keeper.changed:
             keeper.leases.pop(lock_id, None)
+
+
+def hold_claim(claim_id: str) -> None:
+    """Renew the batch claim ``claim_id`` until :func:`drop_claim` (or until this process ends)."""
+    keeper = _process_keeper()
+    with keeper.changed:
+        if not keeper.leases and not keeper.claims:
+            keeper.changed.notify_all()
+        keeper.claims.add(claim_id)
+
+
+def drop_claim(claim_id: str) -> None:
+    """Stop renewing the batch claim ``claim_id``."""
+    keeper = _process_keeper()
+    with keeper.changed:
+        keeper.claims.discard(claim_id)

@@ -383,6 +383,14 @@ class ConnectedCompanyQuerySet(models.QuerySet):
             refresh_lock_started_at=Coalesce(F("refresh_lock_started_at"), Now()),
         )
 
+    def renew_claims(self, claim_ids: list[str], *, lifetime: float) -> int:
+        """Extend the batch claims of a live sweep (a claim another sweep took over is left alone)."""
+        return self.filter(sweep_claim_id__in=claim_ids).update(sweep_claim_until=Now() + _seconds(lifetime))
+
+    def release_claim(self, claim_id: str) -> int:
+        """Let go of a sweep's batch: its companies may be claimed again at once."""
+        return self.filter(sweep_claim_id=claim_id).update(sweep_claim_id="", sweep_claim_until=None)
+
     def store_refreshed(self, pk: int, *, lock_id: str, values: dict[str, Any]) -> bool:
         """The lease holder stores new tokens and lets go of the lease."""
         values = _bound(pk, values)
@@ -554,6 +562,10 @@ class ConnectedCompany(BoundSecretsModel):
     refresh_lock_until = models.DateTimeField(null=True, blank=True, editable=False)
     # When the current lease was taken (database clock): renewals stop REFRESH_MAX_DURATION later.
     refresh_lock_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Which sweep has this company in the batch it works on, until when (database clock; renewed
+    # while the sweep lives). Only spares other sweeps the walk: the lease above is the guarantee.
+    sweep_claim_id = models.CharField(max_length=32, blank=True, default="", db_index=True, editable=False)
+    sweep_claim_until = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(_("created"), auto_now_add=True)
     updated_at = models.DateTimeField(_("updated"), auto_now=True)
 
@@ -592,6 +604,8 @@ class ConnectedCompany(BoundSecretsModel):
             "refresh_lock_id",
             "refresh_lock_until",
             "refresh_lock_started_at",
+            "sweep_claim_id",
+            "sweep_claim_until",
         }
     )
 

@@ -1,9 +1,17 @@
 """Refreshing every company that is due, with a pool of workers, in constant memory.
 
 The refresh command, the Celery tasks and the benchmark all call :func:`refresh_due` (a Celery
-batch through :func:`refresh_batch`). Several copies
-may run at once on several machines: each company's lease lock (see :mod:`.tokens`) makes sure only
-one of them refreshes it; the others count it as fine ("busy").
+batch through :func:`refresh_batch`). Several copies may run at once, in several processes and on
+several machines: each company's lease lock (see :mod:`.tokens`) makes sure only one of them
+refreshes it; the others count it as fine ("busy").
+
+So that copies do not all walk the same companies, a sweep works through *batches* it claims
+(:func:`claim_batch`): up to ``SWEEP_BATCH_SIZE`` due companies that no other sweep holds, marked
+with the sweep's claim id until a time set by the database's clock. A live sweep renews its claims
+(:mod:`.leases`) and lets go of each batch when it is done (:func:`release_batch`); the claims of a
+sweep that dies run out within ``SWEEP_CLAIM_LIFETIME`` and the next sweep takes those companies.
+On PostgreSQL and MariaDB 10.6+ (MySQL 8) competing claims skip each other's rows (``SELECT ... FOR
+UPDATE SKIP LOCKED``); on SQLite the claim is one ``UPDATE``, which the database runs one at a time.
 """
 
 from __future__ import annotations
@@ -11,29 +19,45 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from typing import Protocol
 
-from django.db import connections
+from django.db import connections, router, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from . import leases
 from .conf import app_settings
 from .exceptions import LightspeedOAuthError
-from .models import ConnectedCompany
-from .tokens import FAILED, FRESH, REAUTHORIZATION_REQUIRED, REFRESHED, UNCERTAIN, RefreshResult, refresh
+from .models import ApiClient, ConnectedCompany
+from .tokens import (
+    FAILED,
+    FRESH,
+    REAUTHORIZATION_REQUIRED,
+    REFRESHED,
+    UNCERTAIN,
+    RefreshResult,
+    in_callers_transaction,
+    refresh,
+)
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_REAUTHORIZATION",
+    "Batch",
     "CompanyResult",
     "Summary",
+    "claim_batch",
+    "claimed_companies",
     "due_companies",
     "refresh_batch",
     "refresh_due",
+    "release_batch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +79,7 @@ class CompanyResult:
     client: str
     outcome: str  # refreshed | fresh | busy | failed | uncertain | reauthorization_required | error | due
     message: str = ""
+    lock_attempts: int = 0  # conditional UPDATEs made to take the company's lease
 
 
 @dataclass
@@ -68,11 +93,16 @@ class Summary:
     failed: int = 0
     uncertain: int = 0
     reauthorization_required: int = 0
+    #: attempts to take a company's lease (one per company when sweeps do not collide)
+    lock_attempts: int = 0
+    #: batches this run claimed
+    batches: int = 0
     dry_run: bool = False
     problems: list[CompanyResult] = field(default_factory=list)
 
     def add(self, result: CompanyResult) -> None:
         self.considered += 1
+        self.lock_attempts += result.lock_attempts
         if result.outcome == REFRESHED:
             self.refreshed += 1
         elif result.outcome == FRESH:
@@ -88,6 +118,22 @@ class Summary:
         elif result.outcome == UNCERTAIN:
             self.uncertain += 1
             self.problems.append(result)
+
+    def merge(self, other: Summary) -> None:
+        """Add the counts of another run (another process of the same sweep)."""
+        for name in (
+            "considered",
+            "refreshed",
+            "fresh",
+            "busy",
+            "failed",
+            "uncertain",
+            "reauthorization_required",
+            "lock_attempts",
+            "batches",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.problems.extend(other.problems)
 
     @property
     def exit_code(self) -> int:
@@ -106,6 +152,8 @@ class Summary:
             "failed": self.failed,
             "uncertain": self.uncertain,
             "reauthorization_required": self.reauthorization_required,
+            "lock_attempts": self.lock_attempts,
+            "batches": self.batches,
             "dry_run": self.dry_run,
             "exit_code": self.exit_code,
             "problems": [
@@ -134,20 +182,31 @@ def due_companies(
     With ``force``: every active or failing company in the filters, whatever its expiry. ``pks``
     (primary keys) keeps only those companies, when they are still due.
     """
+    query = _due_filter(
+        ConnectedCompany.objects.filter(client__is_active=True),
+        within=within,
+        company_ids=company_ids,
+        force=force,
+    )
+    clients = list(clients)
+    if clients:
+        query = query.filter(client__slug__in=clients)
+    if pks is not None:
+        query = query.filter(pk__in=list(pks))
+    return query
+
+
+def _due_filter(
+    query: QuerySet, *, within: float | None, company_ids: Iterable[str], force: bool
+) -> QuerySet:
     now = timezone.now()
     within = app_settings.REFRESH_WITHIN if within is None else float(within)
-    query = ConnectedCompany.objects.filter(
-        status__in=[ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING],
-        client__is_active=True,
-    )
+    query = query.filter(status__in=[ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING])
     if not force:
         # The database's clock decides the back-off, as it does in the lease.
         query = query.filter(expires_at__lte=now + timedelta(seconds=within)).filter(
             Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now())
         )
-    clients = list(clients)
-    if clients:
-        query = query.filter(client__slug__in=clients)
     ids = list(company_ids)
     if ids:
         match = Q(company_id__in=ids)
@@ -155,8 +214,6 @@ def due_companies(
         if numeric:
             match |= Q(pk__in=numeric)
         query = query.filter(match)
-    if pks is not None:
-        query = query.filter(pk__in=list(pks))
     return query
 
 
@@ -170,6 +227,152 @@ def _stream(query: QuerySet) -> Iterator[ConnectedCompany]:
             return
         yield from page
         last = page[-1].pk
+
+
+# Batches ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """A sweep's claim on some due companies; ``claim_id`` marks them in the database."""
+
+    claim_id: str
+    pks: list[int]
+
+    def __bool__(self) -> bool:
+        return bool(self.pks)
+
+
+def _claimable(
+    *,
+    within: float | None,
+    clients: Iterable[str],
+    company_ids: Iterable[str],
+    force: bool,
+    after: int,
+    pks: Iterable[int] | None,
+) -> QuerySet:
+    """The due companies of :func:`due_companies` that no other sweep claims, with primary keys
+    above ``after``; without joins, so that a locking read locks company rows
+    only (a locked API client row would make competing sweeps skip all of its companies)."""
+    active = ApiClient.objects.filter(is_active=True)
+    clients = list(clients)
+    if clients:
+        active = active.filter(slug__in=clients)
+    query = ConnectedCompany.objects.all()
+    if pks is not None:
+        query = query.filter(pk__in=list(pks))
+    return (
+        _due_filter(query, within=within, company_ids=company_ids, force=force)
+        .filter(client_id__in=list(active.values_list("pk", flat=True)), pk__gt=after)
+        .filter(Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now()))
+        .order_by("pk")
+    )
+
+
+def claim_batch(
+    *,
+    size: int | None = None,
+    within: float | None = None,
+    clients: Iterable[str] = (),
+    company_ids: Iterable[str] = (),
+    force: bool = False,
+    after: int = 0,
+    pks: Iterable[int] | None = None,
+    renew: bool = True,
+) -> Batch:
+    """Claim up to ``size`` (default ``SWEEP_BATCH_SIZE``) due companies for this sweep.
+
+    Takes the companies :func:`due_companies` selects with the same arguments, in primary key
+    order from ``after`` on, that no other sweep has claimed (or whose claim ran out). Two sweeps
+    claiming at once get disjoint batches. The claim lasts ``SWEEP_CLAIM_LIFETIME`` seconds by the
+    database's clock; with ``renew`` this process renews it until :func:`release_batch` (a process
+    that dies stops renewing, and its batch is free again within the lifetime). An empty batch
+    (false) means nothing more is due after ``after``.
+
+    A claim only spares other sweeps the work: refresh each company with
+    :func:`~django_lightspeed_oauth.tokens.refresh`, whose lease is what guarantees one refresh.
+    """
+    size = app_settings.SWEEP_BATCH_SIZE if size is None else int(size)
+    if size < 1:
+        raise ValueError("size must be at least 1")
+    claim_id = uuid.uuid4().hex
+    candidates = _claimable(
+        within=within, clients=clients, company_ids=company_ids, force=force, after=after, pks=pks
+    ).values_list("pk", flat=True)
+    alias = router.db_for_write(ConnectedCompany)
+    features = connections[alias].features
+    claimed = {
+        "sweep_claim_id": claim_id,
+        "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
+    }
+    manager = ConnectedCompany.objects.using(alias)
+    if features.has_select_for_update_skip_locked:
+        # PostgreSQL, MariaDB 10.6+, MySQL 8: rows another sweep is claiming right now are skipped,
+        # not waited for; the short transaction ends before any refresh starts.
+        with transaction.atomic(using=alias):
+            locked = candidates.using(alias).select_for_update(skip_locked=True)
+            pks = list(locked[:size])
+            if pks:
+                manager.filter(pk__in=pks).update(**claimed)
+    else:
+        if features.allow_sliced_subqueries_with_in:
+            # SQLite: one statement chooses and marks the batch; SQLite runs writes one at a time.
+            manager.filter(pk__in=candidates.using(alias)[:size]).update(**claimed)
+        else:
+            # Older MySQL/MariaDB: the claim is conditional on the batch still being free.
+            chosen = list(candidates.using(alias)[:size])
+            free = Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now())
+            manager.filter(pk__in=chosen).filter(free).update(**claimed)
+        pks = list(manager.filter(sweep_claim_id=claim_id).order_by("pk").values_list("pk", flat=True))
+    batch = Batch(claim_id, pks)
+    if batch and renew:
+        leases.hold_claim(claim_id)
+    return batch
+
+
+def claimed_companies(batch: Batch) -> list[ConnectedCompany]:
+    """The companies of ``batch`` still claimed by it, with their API clients, in primary key order."""
+    if not batch:
+        return []
+    return list(
+        ConnectedCompany.objects.select_related("client")
+        .filter(sweep_claim_id=batch.claim_id, pk__in=batch.pks)
+        .order_by("pk")
+    )
+
+
+def release_batch(batch: Batch | str) -> None:
+    """Let go of a batch (a :class:`Batch` or its claim id): stop renewing it, clear its claim."""
+    claim_id = batch if isinstance(batch, str) else batch.claim_id
+    leases.drop_claim(claim_id)
+    ConnectedCompany.objects.release_claim(claim_id)
+
+
+class _Held:
+    """A claimed batch being worked on: released when its last company is done."""
+
+    def __init__(self, batch: Batch, size: int, open_batches: set[_Held], guard: threading.Lock) -> None:
+        self.batch = batch
+        self.left = size
+        self.open_batches = open_batches
+        self.guard = guard
+
+    def done(self) -> None:
+        with self.guard:
+            self.left -= 1
+            if self.left > 0 or self not in self.open_batches:
+                return
+            self.open_batches.discard(self)
+        _release_quietly(self.batch)
+
+
+def _release_quietly(batch: Batch) -> None:
+    try:
+        release_batch(batch)
+    except Exception:
+        # The claim runs out on its own; nothing is lost.
+        logger.warning("Could not release sweep batch %s; its claim will run out", batch.claim_id)
 
 
 def _refresh_one(
@@ -187,11 +390,18 @@ def _refresh_one(
         line.message = f"unexpected {type(err).__name__}"
         return line
     line.outcome = BUSY if (result.outcome == FRESH and result.waited) else result.outcome
+    line.lock_attempts = result.lock_attempts
     if result.error is not None:
         line.message = result.error.message
     elif result.outcome == REAUTHORIZATION_REQUIRED:
         line.message = company.last_error
     return line
+
+
+class StopSignal(Protocol):
+    """What ends a run early: a :class:`threading.Event`, or a :mod:`multiprocessing` one."""
+
+    def is_set(self) -> bool: ...
 
 
 def refresh_due(
@@ -203,59 +413,116 @@ def refresh_due(
     dry_run: bool = False,
     workers: int = 1,
     on_result: Callable[[CompanyResult], None] | None = None,
-    stop: threading.Event | None = None,
+    stop: StopSignal | None = None,
+    batch_size: int | None = None,
     pks: Iterable[int] | None = None,
 ) -> Summary:
     """Refresh every due company with ``workers`` threads; call ``on_result`` for each one.
 
-    ``within`` is in seconds (default REFRESH_WITHIN). A company refreshed (or being refreshed)
-    by another process at the same time counts as ``busy``, which is fine. ``stop`` ends the run
+    ``within`` is in seconds (default REFRESH_WITHIN). The run claims the due companies batch by
+    batch (``batch_size``, default SWEEP_BATCH_SIZE; see :func:`claim_batch`), so that runs in other
+    processes and on other hosts take other batches. A company refreshed (or being refreshed) by
+    another process at the same time counts as ``busy``, which is fine. ``stop`` ends the run
     early: companies not started yet are left for the next run.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
     summary = Summary(dry_run=dry_run)
+    clients, company_ids = list(clients), list(company_ids)
+    pks = None if pks is None else list(pks)
     query = due_companies(within=within, clients=clients, company_ids=company_ids, force=force, pks=pks)
     report = on_result or (lambda result: None)
     margin = within if within is not None else app_settings.REFRESH_WITHIN
+    guard = threading.Lock()
+    open_batches: set[_Held] = set()
 
     if connections[query.db].in_atomic_block:
         # Worker threads have their own connections and cannot see the caller's uncommitted rows.
         workers = 1
-    if dry_run or workers == 1:
+    if dry_run:
         for company in _stream(query):
             if stop is not None and stop.is_set():
                 break
-            if dry_run:
-                result = CompanyResult(
-                    company.pk,
-                    company.company_id,
-                    company.client.slug,
-                    "due",
-                    f"expires {company.expires_at:%Y-%m-%d %H:%M:%S}" if company.expires_at else "no expiry",
-                )
-                summary.considered += 1
-            else:
-                result = _refresh_one(company, force, margin)
-                summary.add(result)
-            report(result)
+            expires = f"expires {company.expires_at:%Y-%m-%d %H:%M:%S}" if company.expires_at else "no expiry"
+            summary.considered += 1
+            report(CompanyResult(company.pk, company.company_id, company.client.slug, "due", expires))
         return summary
 
-    # Bounded queue: the reader never gets more than a few pages ahead of the workers.
-    jobs: queue.Queue = queue.Queue(maxsize=workers * 4)
-    lock = threading.Lock()
+    def companies() -> Iterator[tuple[ConnectedCompany, _Held | None]]:
+        if in_callers_transaction(query.db):
+            # Claims written in the caller's transaction would lock the rows the refreshes (on
+            # their own connection) must write: walk the companies without claiming.
+            for company in _stream(query):
+                yield company, None
+            return
+        after = 0
+        while True:
+            batch = claim_batch(
+                size=batch_size,
+                within=within,
+                clients=clients,
+                company_ids=company_ids,
+                force=force,
+                after=after,
+                pks=pks,
+            )
+            if not batch:
+                return
+            summary.batches += 1
+            after = batch.pks[-1]
+            page = claimed_companies(batch)
+            held = _Held(batch, len(page), open_batches, guard)
+            with guard:
+                open_batches.add(held)
+            if not page:
+                held.left = 1
+                held.done()
+            for company in page:
+                yield company, held
+
+    def handle(company: ConnectedCompany, held: _Held | None) -> None:
+        result = _refresh_one(company, force, margin)
+        with guard:
+            summary.add(result)
+            report(result)
+        if held is not None:
+            held.done()
+
+    try:
+        if workers == 1:
+            for company, held in companies():
+                if stop is not None and stop.is_set():
+                    break
+                handle(company, held)
+            return summary
+        _with_workers(workers, companies(), handle, stop)
+        return summary
+    finally:
+        # A stopped run (or an error) leaves batches half done: free them for the next sweep.
+        with guard:
+            unfinished = list(open_batches)
+            open_batches.clear()
+        for held in unfinished:
+            _release_quietly(held.batch)
+
+
+def _with_workers(
+    workers: int,
+    jobs_in: Iterator[tuple[ConnectedCompany, _Held | None]],
+    handle: Callable[[ConnectedCompany, _Held | None], None],
+    stop: StopSignal | None,
+) -> None:
+    # Bounded queue: the reader never gets more than a few companies ahead of the workers.
+    jobs: queue.Queue = queue.Queue(maxsize=workers * 2)
     done = object()
 
     def work() -> None:
         try:
             while True:
-                company = jobs.get()
-                if company is done:
+                job = jobs.get()
+                if job is done:
                     return
-                result = _refresh_one(company, force, margin)
-                with lock:
-                    summary.add(result)
-                    report(result)
+                handle(*job)
         finally:
             connections.close_all()
 
@@ -265,16 +532,15 @@ def refresh_due(
     for thread in threads:
         thread.start()
     try:
-        for company in _stream(query):
+        for job in jobs_in:
             if stop is not None and stop.is_set():
                 break
-            jobs.put(company)
+            jobs.put(job)
     finally:
         for _ in threads:
             jobs.put(done)
         for thread in threads:
             thread.join()
-    return summary
 
 
 def refresh_batch(pks: Iterable[int], *, within: float | None = None, workers: int = 1) -> Summary:

@@ -96,6 +96,8 @@ class RefreshResult:
     outcome: Outcome
     error: TokenEndpointError | None = None
     waited: bool = False  # another process held the lock
+    #: conditional UPDATEs this call made to take the company's lease (0: none was needed)
+    lock_attempts: int = 0
 
     @property
     def ok(self) -> bool:
@@ -104,7 +106,12 @@ class RefreshResult:
 
 def _in_transaction(company: ConnectedCompany) -> bool:
     """Whether the caller holds a transaction open (the test-case wrapper does not count)."""
-    alias = router.db_for_write(ConnectedCompany, instance=company)
+    return in_callers_transaction(router.db_for_write(ConnectedCompany, instance=company))
+
+
+def in_callers_transaction(alias: str) -> bool:
+    """Whether this thread's connection ``alias`` is inside a caller's transaction (the atomic
+    blocks of Django's TestCase do not count)."""
     connection = connections[alias]
     if not connection.in_atomic_block:
         return False
@@ -207,15 +214,20 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
     deadline = time.monotonic() + app_settings.LOCK_TIMEOUT + grace + 5
     seen_version = company.token_version
     waited = False
+    attempts = 0
     while True:
         settled = _settled_and_readable(
             company, force=force, within=within, waited=waited, seen_version=seen_version
         )
         if settled is not None:
+            settled.lock_attempts = attempts
             return settled
         lock_id = uuid.uuid4().hex
+        attempts += 1
         if _take_lease(company, lock_id, force, grace):
-            return _refresh_locked(company, lock_id, waited)
+            result = _refresh_locked(company, lock_id, waited)
+            result.lock_attempts = attempts
+            return result
         # Someone else holds the lease, or refreshed since we read the row.
         if waited:
             if time.monotonic() > deadline:
@@ -229,9 +241,9 @@ def _refresh(company: ConnectedCompany, *, force: bool, within: float | None, wa
         _reread(company)
         if company.token_version == seen_version and not company.refresh_lock_id and company.next_attempt_at:
             # Nobody holds the lease and nothing changed: the database says we are backing off.
-            return RefreshResult(company, FAILED, waited=True)
+            return RefreshResult(company, FAILED, waited=True, lock_attempts=attempts)
         if not wait and company.token_version == seen_version:
-            return RefreshResult(company, FRESH, waited=True)
+            return RefreshResult(company, FRESH, waited=True, lock_attempts=attempts)
 
 
 def _settled_and_readable(company: ConnectedCompany, **kwargs: Any) -> RefreshResult | None:
