@@ -19,13 +19,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from django.db import connections, router, transaction
+from django.db import InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -307,28 +308,46 @@ def claim_batch(
         "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
     }
     manager = ConnectedCompany.objects.using(alias)
-    if features.has_select_for_update_skip_locked:
-        # PostgreSQL, MariaDB 10.6+, MySQL 8: rows another sweep is claiming right now are skipped,
-        # not waited for; the short transaction ends before any refresh starts.
-        with transaction.atomic(using=alias):
-            locked = candidates.using(alias).select_for_update(skip_locked=True)
-            pks = list(locked[:size])
-            if pks:
-                manager.filter(pk__in=pks).update(**claimed)
-    else:
-        if features.allow_sliced_subqueries_with_in:
-            # SQLite: one statement chooses and marks the batch; SQLite runs writes one at a time.
-            manager.filter(pk__in=candidates.using(alias)[:size]).update(**claimed)
-        else:
-            # Older MySQL/MariaDB: the claim is conditional on the batch still being free.
-            chosen = list(candidates.using(alias)[:size])
-            free = Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now())
-            manager.filter(pk__in=chosen).filter(free).update(**claimed)
-        pks = list(manager.filter(sweep_claim_id=claim_id).order_by("pk").values_list("pk", flat=True))
+    deadline = time.monotonic() + app_settings.LOCK_TIMEOUT / 2
+    while True:
+        try:
+            pks = _claim(manager, candidates.using(alias), features, claimed, claim_id, size)
+            break
+        except (OperationalError, InterfaceError):
+            # A busy SQLite file or a dropped connection: the claim changed nothing, try again.
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("Database error while claiming a sweep batch; retrying")
+            if not connections[alias].in_atomic_block:
+                connections[alias].close()
+            time.sleep(0.1)
     batch = Batch(claim_id, pks)
     if batch and renew:
         leases.hold_claim(claim_id)
     return batch
+
+
+def _claim(
+    manager: Any, candidates: QuerySet, features: Any, claimed: dict[str, Any], claim_id: str, size: int
+) -> list[int]:
+    alias = manager.db
+    if features.has_select_for_update_skip_locked:
+        # PostgreSQL, MariaDB 10.6+, MySQL 8: rows another sweep is claiming right now are skipped,
+        # not waited for; the short transaction ends before any refresh starts.
+        with transaction.atomic(using=alias):
+            pks = list(candidates.select_for_update(skip_locked=True)[:size])
+            if pks:
+                manager.filter(pk__in=pks).update(**claimed)
+        return pks
+    if features.allow_sliced_subqueries_with_in:
+        # SQLite: one statement chooses and marks the batch; SQLite runs writes one at a time.
+        manager.filter(pk__in=candidates[:size]).update(**claimed)
+    else:
+        # Older MySQL/MariaDB: the claim is conditional on the batch still being free.
+        chosen = list(candidates[:size])
+        free = Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now())
+        manager.filter(pk__in=chosen).filter(free).update(**claimed)
+    return list(manager.filter(sweep_claim_id=claim_id).order_by("pk").values_list("pk", flat=True))
 
 
 def claimed_companies(batch: Batch) -> list[ConnectedCompany]:
@@ -449,9 +468,11 @@ def refresh_due(
         return summary
 
     def companies() -> Iterator[tuple[ConnectedCompany, _Held | None]]:
-        if in_callers_transaction(query.db):
-            # Claims written in the caller's transaction would lock the rows the refreshes (on
-            # their own connection) must write: walk the companies without claiming.
+        if pks is not None or in_callers_transaction(query.db):
+            # A batch handed out by a fan-out (a Celery batch task) is already this run's own, and
+            # a redelivered one must not wait for the claims of a worker that died. Claims written
+            # in the caller's transaction would lock the rows the refreshes (on their own
+            # connection) must write. Either way: walk the companies without claiming.
             for company in _stream(query):
                 yield company, None
             return
