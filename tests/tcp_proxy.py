@@ -1,4 +1,5 @@
-"""A TCP proxy on 127.0.0.1 the tests can cut: a database that restarts or stops answering."""
+"""A TCP proxy (on 127.0.0.1 unless told otherwise) the tests can cut: a database that restarts or
+stops answering."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import threading
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` drops every connection and refuses new
-    ones (as a restarting database does) until ``restore()``."""
+    """Forwards ``listen_host``:<port> (127.0.0.1 by default) to ``target``. ``cut()`` drops every
+    connection and refuses new ones (as a restarting database does) until ``restore()``."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((listen_host, 0))
         self.port = self.listener.getsockname()[1]
         self.lock = threading.Lock()
         self.connections: list[socket.socket] = []

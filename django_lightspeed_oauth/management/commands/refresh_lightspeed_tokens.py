@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import queue
 import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections, router
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from django_lightspeed_oauth.conf import app_settings
 from django_lightspeed_oauth.management.progress import Progress
 from django_lightspeed_oauth.management.selection import check_clients, check_companies
+from django_lightspeed_oauth.models import ConnectedCompany
 from django_lightspeed_oauth.purging import purge
-from django_lightspeed_oauth.refreshing import CompanyResult, Summary, due_companies, refresh_due
+from django_lightspeed_oauth.refreshing import (
+    ERROR,
+    CompanyResult,
+    Summary,
+    due_companies,
+    refresh_due,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +88,14 @@ class Command(BaseCommand):
             type=int,
             default=4,
             metavar="N",
-            help="Refresh this many companies at once (threads; default 4).",
+            help="Refresh this many companies at once (threads; default 4), in each process.",
+        )
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            metavar="P",
+            help="Share each sweep between P processes (each with --workers threads; default 1).",
         )
         parser.add_argument("--json", action="store_true", help="Print one JSON summary instead of text.")
         parser.add_argument(
@@ -90,6 +109,13 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         if options["workers"] < 1:
             raise CommandError("--workers must be at least 1.")
+        if options["processes"] < 1:
+            raise CommandError("--processes must be at least 1.")
+        if options["processes"] > 1 and _in_memory_database():
+            raise CommandError(
+                "--processes needs a database the processes share: this one is an in-memory SQLite "
+                "database, of which every process would have its own copy."
+            )
         if options["within"] is not None and options["within"] < 0:
             raise CommandError("--within must be zero or more seconds.")
         every = options["every"]
@@ -158,16 +184,19 @@ class Command(BaseCommand):
             elif progress is not None:
                 progress.update()
 
-        summary = refresh_due(
-            within=options["within"],
-            clients=options["client"],
-            company_ids=options["company"],
-            force=options["force"],
-            dry_run=options["dry_run"],
-            workers=options["workers"],
-            on_result=on_result,
-            stop=stop,
-        )
+        if options["processes"] > 1 and not options["dry_run"]:
+            summary = sweep_in_processes(options, on_result, stop)
+        else:
+            summary = refresh_due(
+                within=options["within"],
+                clients=options["client"],
+                company_ids=options["company"],
+                force=options["force"],
+                dry_run=options["dry_run"],
+                workers=options["workers"],
+                on_result=on_result,
+                stop=stop,
+            )
         if progress is not None:
             progress.finish()
         if options["json"]:
@@ -238,3 +267,90 @@ class Command(BaseCommand):
             self.stdout.write(style(text) if style and value else text)
         for problem in summary.problems if self.verbosity < 2 else []:
             self.stdout.write(self.line(problem))
+
+
+def _in_memory_database() -> bool:
+    connection = connections[router.db_for_write(ConnectedCompany)]
+    return connection.vendor == "sqlite" and bool(getattr(connection, "is_in_memory_db", bool)())
+
+
+def sweep_in_processes(
+    options: dict[str, Any], on_result: Callable[[CompanyResult], None], stop: threading.Event | None
+) -> Summary:
+    """One sweep shared by ``--processes`` forked processes, each claiming its own batches.
+
+    This process only hands out the work and adds up what the children report, so that it holds
+    no thread and no database connection when it forks.
+    """
+    context = multiprocessing.get_context("fork")
+    messages: Any = context.Queue()
+    child_stop = context.Event()
+    connections.close_all()
+    children = [
+        context.Process(
+            target=_sweep_child,
+            args=(index, options, messages, child_stop),
+            name=f"lightspeed-sweep-{index}",
+            daemon=True,
+        )
+        for index in range(options["processes"])
+    ]
+    for child in children:
+        child.start()
+    summary = Summary()
+    reported: set[int] = set()
+    suspects: set[int] = set()
+    while len(reported) < len(children):
+        if stop is not None and stop.is_set():
+            child_stop.set()
+        try:
+            kind, index, payload = messages.get(timeout=0.2)
+        except queue.Empty:
+            # A child that ended without its summary (killed): what it reported is counted, and
+            # the companies it held are free again when their claims and leases run out.
+            for index, child in enumerate(children):
+                if index in reported or child.exitcode is None:
+                    continue
+                if index in suspects:
+                    reported.add(index)
+                    summary.failed += 1
+                    summary.problems.append(
+                        CompanyResult(
+                            0, "", "", ERROR, f"sweep process {index} ended with exit code {child.exitcode}"
+                        )
+                    )
+                suspects.add(index)
+            continue
+        if kind == "result":
+            on_result(payload)
+        else:
+            summary.merge(payload)
+            reported.add(index)
+    for child in children:
+        child.join()
+    return summary
+
+
+def _sweep_child(index: int, options: dict[str, Any], messages: Any, stop: Any) -> None:
+    """One process of :func:`sweep_in_processes`: a sweep with its own workers and batches."""
+
+    def request_stop(signum, frame) -> None:
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+    try:
+        summary = refresh_due(
+            within=options["within"],
+            clients=options["client"],
+            company_ids=options["company"],
+            force=options["force"],
+            workers=options["workers"],
+            on_result=lambda result: messages.put(("result", index, result)),
+            stop=stop,
+        )
+        messages.put(("summary", index, summary))
+    finally:
+        connections.close_all()
+        messages.close()
+        messages.join_thread()
