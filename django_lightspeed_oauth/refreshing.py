@@ -67,6 +67,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_REAUTHORIZATION = 2
 CHUNK_SIZE = 500
+#: Seconds a claim refused by the database (a busy SQLite file, a dropped connection) is retried.
+CLAIM_RETRY_WINDOW = 30
 BUSY = "busy"
 ERROR = "error"
 
@@ -308,7 +310,7 @@ def claim_batch(
         "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
     }
     manager = ConnectedCompany.objects.using(alias)
-    deadline = time.monotonic() + app_settings.LOCK_TIMEOUT / 2
+    deadline = time.monotonic() + CLAIM_RETRY_WINDOW
     while True:
         try:
             pks = _claim(manager, candidates.using(alias), features, claimed, claim_id, size)
