@@ -225,6 +225,9 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
                 "scopes",
                 "credentials_refused_at",
                 "credentials_error",
+                "client_secret",
+                "authorize_url",
+                "token_url",
             )
         )
     except DatabaseError:
@@ -262,7 +265,27 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
                 )
             )
         messages.extend(_scope_and_credential_checks(client))
+        messages.extend(_secret_check(client))
     return messages
+
+
+def _secret_check(client: Any) -> list:
+    """W006: a client secret this process cannot use (a missing key, or a refused binding)."""
+    try:
+        client.client_secret  # noqa: B018
+    except ConfigurationError as err:  # DecryptionError, BindingError, or no keys at all
+        return [
+            Warning(
+                f"API client {client.slug!r}: its stored client secret cannot be used: {err.message}",
+                hint="If its provider, environment, URLs or options were changed outside the app, "
+                "enter the secret again in the admin; if this process lacks a key of "
+                'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"], add it (README: replacing a key is a rollout '
+                "in phases).",
+                obj=client,
+                id="lightspeed_oauth.W006",
+            )
+        ]
+    return []
 
 
 def _scope_and_credential_checks(client: Any) -> list:

@@ -129,7 +129,8 @@ def test_e008_an_api_client_with_invalid_provider_options():
     client = make_client()
     ApiClient.objects.filter(pk=client.pk).update(provider_options={"pkce": "sometimes"})
     messages = checks.check_api_clients(databases=["default"])
-    assert ids(messages) == ["lightspeed_oauth.E008"]
+    # Changed behind the admin's back, so the secret (bound to the options) is refused too.
+    assert ids(messages) == ["lightspeed_oauth.E008", "lightspeed_oauth.W006"]
     assert client.slug in messages[0].msg and "pkce" in messages[0].msg
 
 
@@ -204,6 +205,19 @@ def test_w004_a_client_whose_credentials_lightspeed_refused_is_a_warning():
     assert "invalid_client" in messages[0].msg
     # Below ERROR: migrate and the other commands still run, so the fix can be deployed.
     assert messages[0].level < ERROR
+
+
+@pytest.mark.django_db
+def test_w006_a_client_secret_that_cannot_be_used_is_a_warning():
+    from django.core.checks import ERROR
+
+    moved, healthy = make_client(), make_client()
+    ApiClient.objects.filter(pk=moved.pk).update(token_url="https://elsewhere.example/token")
+    messages = checks.check_api_clients(databases=["default"])
+    assert ids(messages) == ["lightspeed_oauth.W006"]
+    assert messages[0].obj.pk == moved.pk and "does not belong" in messages[0].msg
+    assert moved.client_secret not in messages[0].msg and healthy.slug not in messages[0].msg
+    assert messages[0].level < ERROR  # migrate still runs
 
 
 @pytest.mark.django_db
