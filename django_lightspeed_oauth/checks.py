@@ -9,6 +9,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 from django.db import DatabaseError
 from django.urls import NoReverseMatch, reverse
+from django.utils.translation import gettext as _
 
 from .conf import DEFAULTS, SETTING_NAME, app_settings
 from .exceptions import ConfigurationError
@@ -23,9 +24,13 @@ def check_encryption_keys(app_configs=None, **kwargs: Any) -> list:
     if not keys and not settings.DEBUG:
         errors.append(
             Error(
-                f'{SETTING_NAME}["ENCRYPTION_KEYS"] is empty: tokens would be encrypted with a key '
-                "derived from SECRET_KEY.",
-                hint=f"Generate a key with `{GENERATE_KEY}` and list it in ENCRYPTION_KEYS.",
+                _(
+                    '%(setting)s["ENCRYPTION_KEYS"] is empty: tokens would be encrypted with a key '
+                    "derived from SECRET_KEY."
+                )
+                % {"setting": SETTING_NAME},
+                hint=_("Generate a key with `%(command)s` and list it in ENCRYPTION_KEYS.")
+                % {"command": GENERATE_KEY},
                 id="lightspeed_oauth.E001",
             )
         )
@@ -35,8 +40,10 @@ def check_encryption_keys(app_configs=None, **kwargs: Any) -> list:
         except (ValueError, TypeError):
             errors.append(
                 Error(
-                    f'{SETTING_NAME}["ENCRYPTION_KEYS"][{position}] is not a valid Fernet key.',
-                    hint=f"Keys are 32 url-safe base64-encoded bytes; generate one with `{GENERATE_KEY}`.",
+                    _('%(setting)s["ENCRYPTION_KEYS"][%(position)s] is not a valid Fernet key.')
+                    % {"setting": SETTING_NAME, "position": position},
+                    hint=_("Keys are 32 url-safe base64-encoded bytes; generate one with `%(command)s`.")
+                    % {"command": GENERATE_KEY},
                     id="lightspeed_oauth.E002",
                 )
             )
@@ -50,8 +57,10 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
     if unknown:
         messages.append(
             Warning(
-                f"{SETTING_NAME} has unknown keys: {', '.join(unknown)}.",
-                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}. A misspelt key is silently ignored.",
+                _("%(setting)s has unknown keys: %(keys)s.")
+                % {"setting": SETTING_NAME, "keys": ", ".join(unknown)},
+                hint=_("Known keys: %(known)s. A misspelt key is silently ignored.")
+                % {"known": ", ".join(sorted(DEFAULTS))},
                 id="lightspeed_oauth.W001",
             )
         )
@@ -61,7 +70,7 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
         provider_classes()
     except ConfigurationError as err:
         messages.append(
-            Error(err.message, hint="Fix or remove the entry in PROVIDERS.", id="lightspeed_oauth.E003")
+            Error(err.message, hint=_("Fix or remove the entry in PROVIDERS."), id="lightspeed_oauth.E003")
         )
     messages.extend(_lease_checks())
     messages.extend(_invitation_and_purge_checks())
@@ -71,8 +80,11 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
     ):
         messages.append(
             Error(
-                "The authorization flow needs sessions: it binds each flow to the browser that started it.",
-                hint="Add django.contrib.sessions to INSTALLED_APPS and SessionMiddleware to MIDDLEWARE.",
+                _(
+                    "The authorization flow needs sessions: it binds each flow to the browser that "
+                    "started it."
+                ),
+                hint=_("Add django.contrib.sessions to INSTALLED_APPS and SessionMiddleware to MIDDLEWARE."),
                 id="lightspeed_oauth.E005",
             )
         )
@@ -81,12 +93,12 @@ def check_settings(app_configs=None, **kwargs: Any) -> list:
 
 def _celery_checks() -> list:
     try:
-        _ = app_settings.CELERY_BATCH_SIZE  # the property validates it
+        app_settings.CELERY_BATCH_SIZE  # noqa: B018 (the property validates it)
     except ConfigurationError as err:
         return [
             Error(
                 err.message,
-                hint="The Celery sweep sends this many companies per batch task; the default is 100.",
+                hint=_("The Celery sweep sends this many companies per batch task; the default is 100."),
                 id="lightspeed_oauth.E012",
             )
         ]
@@ -115,7 +127,7 @@ def _invitation_and_purge_checks() -> list:
             messages.append(
                 Error(
                     err.message,
-                    hint="See the settings reference in README.rst for the values it takes.",
+                    hint=_("See the settings reference in README.rst for the values it takes."),
                     id="lightspeed_oauth.E011",
                 )
             )
@@ -123,8 +135,9 @@ def _invitation_and_purge_checks() -> list:
         if name == "INVITATION_MAX_AGE" and value <= 0:
             messages.append(
                 Error(
-                    f"{SETTING_NAME}['INVITATION_MAX_AGE'] must be a positive number of seconds.",
-                    hint="The default is 604800 (7 days).",
+                    _("%(setting)s['INVITATION_MAX_AGE'] must be a positive number of seconds.")
+                    % {"setting": SETTING_NAME},
+                    hint=_("The default is 604800 (7 days)."),
                     id="lightspeed_oauth.E011",
                 )
             )
@@ -136,9 +149,11 @@ def _invitation_and_purge_checks() -> list:
     if limited and backend.endswith("DummyCache"):
         messages.append(
             Warning(
-                "The default cache is DummyCache: the invitation rate limits count nothing.",
-                hint="Use a real cache (Redis, Memcached, the database cache) as CACHES['default'], "
-                "or set INVITATION_RATE_LIMIT and INVITATION_IP_RATE_LIMIT to None.",
+                _("The default cache is DummyCache: the invitation rate limits count nothing."),
+                hint=_(
+                    "Use a real cache (Redis, Memcached, the database cache) as CACHES['default'], "
+                    "or set INVITATION_RATE_LIMIT and INVITATION_IP_RATE_LIMIT to None."
+                ),
                 id="lightspeed_oauth.W005",
             )
         )
@@ -180,10 +195,12 @@ def _lease_checks() -> list:
         )
     return [
         Error(
-            f"{SETTING_NAME}: {problem}.",
-            hint="Otherwise a slow but live refresh could be taken over and its refresh token used twice. "
-            "The defaults (LOCK_TIMEOUT 60, renewal every 20 s, REFRESH_MAX_DURATION 600, "
-            "REFRESH_READ_TIMEOUT 120) satisfy every rule.",
+            _("%(setting)s: %(problem)s.") % {"setting": SETTING_NAME, "problem": problem},
+            hint=_(
+                "Otherwise a slow but live refresh could be taken over and its refresh token used twice. "
+                "The defaults (LOCK_TIMEOUT 60, renewal every 20 s, REFRESH_MAX_DURATION 600, "
+                "REFRESH_READ_TIMEOUT 120) satisfy every rule."
+            ),
             id="lightspeed_oauth.E004",
         )
         for problem in problems
@@ -197,8 +214,10 @@ def check_callback_url(app_configs=None, **kwargs: Any) -> list:
     except NoReverseMatch:
         return [
             Error(
-                "The Lightspeed callback URL is not wired: lightspeed_oauth:callback does not resolve.",
-                hint='Add path("lightspeed/", include("django_lightspeed_oauth.urls")) to your ROOT_URLCONF.',
+                _("The Lightspeed callback URL is not wired: lightspeed_oauth:callback does not resolve."),
+                hint=_(
+                    'Add path("lightspeed/", include("django_lightspeed_oauth.urls")) to your ROOT_URLCONF.'
+                ),
                 id="lightspeed_oauth.E006",
             )
         ]
@@ -237,8 +256,10 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
         if client.provider not in known:
             messages.append(
                 Error(
-                    f"API client {client.slug!r} uses the unknown provider {client.provider!r}.",
-                    hint=f"Known providers: {', '.join(known)}; or add its class to PROVIDERS.",
+                    _("API client %(client)s uses the unknown provider %(provider)s.")
+                    % {"client": repr(client.slug), "provider": repr(client.provider)},
+                    hint=_("Known providers: %(known)s; or add its class to PROVIDERS.")
+                    % {"known": ", ".join(known)},
                     obj=client,
                     id="lightspeed_oauth.E007",
                 )
@@ -249,8 +270,9 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
         except ConfigurationError as err:
             messages.append(
                 Error(
-                    f"API client {client.slug!r}: {err.message}",
-                    hint="Fix its provider options in the admin.",
+                    _("API client %(client)s: %(error)s")
+                    % {"client": repr(client.slug), "error": err.message},
+                    hint=_("Fix its provider options in the admin."),
                     obj=client,
                     id="lightspeed_oauth.E008",
                 )
@@ -258,8 +280,9 @@ def check_api_clients(app_configs=None, databases=None, **kwargs: Any) -> list:
         if client.environment == "production" and not client.redirect_uri.startswith("https://"):
             messages.append(
                 Warning(
-                    f"API client {client.slug!r} is a production client whose redirect URI is not https.",
-                    hint="Lightspeed sends the authorization code to this URI: use https in production.",
+                    _("API client %(client)s is a production client whose redirect URI is not https.")
+                    % {"client": repr(client.slug)},
+                    hint=_("Lightspeed sends the authorization code to this URI: use https in production."),
                     obj=client,
                     id="lightspeed_oauth.W002",
                 )
@@ -294,8 +317,8 @@ def _scope_and_credential_checks(client: Any) -> list:
     if missing:
         messages.append(
             Error(
-                f"API client {client.slug!r}: {missing}",
-                hint="Set the client's scopes in the admin (space-separated, as Lightspeed writes them).",
+                _("API client %(client)s: %(missing)s") % {"client": repr(client.slug), "missing": missing},
+                hint=_("Set the client's scopes in the admin (space-separated, as Lightspeed writes them)."),
                 obj=client,
                 id="lightspeed_oauth.E009",
             )
@@ -304,8 +327,8 @@ def _scope_and_credential_checks(client: Any) -> list:
     if advice:
         messages.append(
             Warning(
-                f"API client {client.slug!r}: {advice}",
-                hint="Add offline_access to the client's scopes.",
+                _("API client %(client)s: %(advice)s") % {"client": repr(client.slug), "advice": advice},
+                hint=_("Add offline_access to the client's scopes."),
                 obj=client,
                 id="lightspeed_oauth.W003",
             )
@@ -315,9 +338,12 @@ def _scope_and_credential_checks(client: Any) -> list:
         # them the deployment that fixes the client.
         messages.append(
             Warning(
-                f"API client {client.slug!r}: Lightspeed refused its credentials "
-                f"({client.credentials_error}); its companies are not being refreshed.",
-                hint="Correct the client id, secret or endpoints in the admin and save the client.",
+                _(
+                    "API client %(client)s: Lightspeed refused its credentials (%(error)s); its "
+                    "companies are not being refreshed."
+                )
+                % {"client": repr(client.slug), "error": client.credentials_error},
+                hint=_("Correct the client id, secret or endpoints in the admin and save the client."),
                 obj=client,
                 id="lightspeed_oauth.W004",
             )
