@@ -385,3 +385,84 @@ def test_refresh_now_action_renews_the_token(site, staff_page):
         page.click("#toggle-nav-sidebar")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "admin-companies.png"), full_page=True)
+
+
+def test_company_page_buttons_refresh_disconnect_and_invite_again(site, staff_page, new_page):
+    page = staff_page
+    connect_from_admin(page, "sandbox-retail-r", "Harbour Bistro")
+    # Reloading the success page shows it again (the callback redirected to a clean address).
+    assert "code=" not in page.url and "state=" not in page.url
+    page.reload()
+    expect(page.locator("h1")).to_have_text("Connected")
+    expect(page.locator("body")).to_contain_text("Harbour Bistro")
+
+    row = company_row(page, "Retail R-Series", "Harbour Bistro")
+    row.locator("th a, td a").first.click()
+    expect(page.locator("#company-refresh")).to_be_visible()
+    page.click("#company-refresh")
+    expect(page.locator("ul.messagelist li.success")).to_contain_text("refreshed")
+    expect(page.locator("ul.messagelist li.success")).to_contain_text("Retail R-Series")
+    expect(page.locator("#company-invitation")).to_have_count(0)  # nothing to re-authorize yet
+
+    page.click("#company-disconnect")
+    page.click("#confirm-disconnect")
+    expect(page.locator("ul.messagelist li.success")).to_contain_text("disconnected")
+    expect(page.locator("#company-refresh")).to_have_count(0)
+
+    page.click("#company-invitation")
+    page.click("#company-invitation-submit")
+    link = page.locator("input#invitation-url").input_value()
+    assert link.startswith(site.url("/lightspeed/invite/"))
+    expect(page.locator("#copy-invitation-url")).to_be_visible()
+    expect(page.locator("#invitation-expires")).to_contain_text("UTC")
+
+    # The merchant's browser asks for French: the invitation page, the consent and the success page.
+    context = page.context.browser.new_context(
+        base_url=site.base_url, locale="fr-FR", viewport={"width": 1280, "height": 900}
+    )
+    try:
+        merchant = context.new_page()
+        merchant.goto(link)
+        expect(merchant.locator("html")).to_have_attribute("lang", "fr")
+        expect(merchant.locator("h1")).to_have_text("Connectez votre compte Lightspeed")
+        small = merchant.locator("main small").inner_text()
+        assert "UTC" in small and ".." not in small, small
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        merchant.screenshot(path=str(SCREENSHOTS / "invitation-fr.png"), full_page=True)
+        merchant.click("text=Continuer vers Lightspeed")
+        consent(merchant, "Harbour Bistro")
+        expect(merchant.locator("h1")).to_have_text("Connecté")
+        merchant.reload()
+        expect(merchant.locator("h1")).to_have_text("Connecté")
+    finally:
+        context.close()
+
+    row = company_row(page, "Retail R-Series", "Harbour Bistro")
+    expect(row.locator("span.ls-status-active")).to_have_text("Active")
+
+
+def test_overview_page_shows_every_api_client(site, staff_page):
+    page = staff_page
+    page.goto("/admin/")
+    page.locator("a", has_text="Overview").first.click()
+    expect(page.locator("#overview-clients")).to_be_visible()
+    expect(page.locator("#overview-chart svg")).to_have_count(1)
+    for name in ("K-Series", "O-Series", "Retail X-Series", "Vendors"):
+        expect(page.locator("#overview-clients tbody")).to_contain_text(name)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "admin-overview.png"), full_page=True)
+
+
+@pytest.mark.parametrize(
+    "model", ["apiclient", "connectedcompany", "authorizationrequest", "invitation", "tokenevent"]
+)
+def test_admin_lists_fit_a_1280_pixel_screen(site, staff_page, model):
+    page = staff_page
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(f"/admin/lightspeed_oauth/{model}/")
+    expect(page.locator("#result_list")).to_be_visible()
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the {model} list scrolls sideways by {overflow} px at 1280 px"
+    headers = [h.strip().lower() for h in page.locator("#result_list thead th").all_inner_texts()]
+    assert all(h for h in headers[1:]), headers  # no column hidden or left without a heading
+    assert len([h for h in headers if h]) == len({h for h in headers if h}), headers
