@@ -299,11 +299,14 @@ def _secret_check(client: Any) -> list:
     except ConfigurationError as err:  # DecryptionError, BindingError, or no keys at all
         return [
             Warning(
-                f"API client {client.slug!r}: its stored client secret cannot be used: {err.message}",
-                hint="If its provider, environment, URLs or options were changed outside the app, "
-                "enter the secret again in the admin; if this process lacks a key of "
-                'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"], add it (README: replacing a key is a rollout '
-                "in phases).",
+                _("API client %(client)s: its stored client secret cannot be used: %(error)s")
+                % {"client": repr(client.slug), "error": err.message},
+                hint=_(
+                    "If its provider, environment, URLs or options were changed outside the app, "
+                    "enter the secret again in the admin; if this process lacks a key of "
+                    'LIGHTSPEED_OAUTH["ENCRYPTION_KEYS"], add it (README: replacing a key is a rollout '
+                    "in phases)."
+                ),
                 obj=client,
                 id="lightspeed_oauth.W006",
             )
