@@ -199,7 +199,7 @@ def test_status_is_zero_when_healthy_and_one_when_something_needs_care():
     assert code == 0 and "All connections healthy" in out and "shop" in out
     make_company(client, expires_in=3600, status="reauthorization_required")
     code, out = status()
-    assert code == 1 and "need attention" in out
+    assert code == 1 and "needs attention" in out
 
 
 def test_status_names_a_client_whose_credentials_were_refused():

@@ -189,7 +189,7 @@ def test_the_command_prints_one_line_per_model(old_data):
     assert lines[0].split() == ["ApiClient", "1", "re-encrypted"]
     assert lines[1].split() == ["ConnectedCompany", "1", "re-encrypted"]
     assert lines[2].split() == ["AuthorizationRequest", "1", "re-encrypted"]
-    assert "3 row(s) re-encrypted" in lines[3]
+    assert "3 rows re-encrypted" in lines[3]
 
 
 def test_the_command_dry_run_says_nothing_was_written(old_data):

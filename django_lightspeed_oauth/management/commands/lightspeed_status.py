@@ -9,6 +9,8 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand
 from django.db.models import Count, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 from django_lightspeed_oauth.conf import app_settings
 from django_lightspeed_oauth.management.selection import check_clients
@@ -30,15 +32,15 @@ class Command(BaseCommand):
             action="append",
             default=[],
             metavar="SLUG",
-            help="Only this API client (repeatable; an unknown slug exits 2).",
+            help=_("Only this API client (repeatable; an unknown slug exits 2)."),
         )
-        parser.add_argument("--json", action="store_true", help="Print JSON.")
+        parser.add_argument("--json", action="store_true", help=_("Print JSON."))
         parser.add_argument(
             "--within",
             type=float,
             default=None,
             metavar="SECONDS",
-            help="What counts as expiring soon (default REFRESH_WITHIN).",
+            help=_("What counts as expiring soon (default REFRESH_WITHIN)."),
         )
 
     def handle(self, *args, **options) -> None:
@@ -119,19 +121,28 @@ class Command(BaseCommand):
             if row["credentials_refused"]:
                 self.stdout.write(
                     self.style.ERROR(
-                        f"API client {row['client']}: Lightspeed refused its credentials "
-                        f"({row['credentials_error']}). Fix the client id, secret or endpoints in "
-                        "the admin; its companies are refreshed again once it is saved."
+                        _(
+                            "API client %(client)s: Lightspeed refused its credentials (%(error)s). "
+                            "Fix the client id, secret or endpoints in the admin; its companies are "
+                            "refreshed again once it is saved."
+                        )
+                        % {"client": row["client"], "error": row["credentials_error"]}
                     )
                 )
         if not rows:
-            self.stdout.write("No API clients.")
+            self.stdout.write(_("No API clients."))
         elif attention:
             self.stdout.write(
                 self.style.ERROR(
-                    f"{len(attention)} API client(s) need attention: see failing, expired and "
-                    "re-authorization columns."
+                    ngettext(
+                        "%(count)d API client needs attention: see the failing, expired and "
+                        "re-authorization columns.",
+                        "%(count)d API clients need attention: see the failing, expired and "
+                        "re-authorization columns.",
+                        len(attention),
+                    )
+                    % {"count": len(attention)}
                 )
             )
         else:
-            self.stdout.write(self.style.SUCCESS("All connections healthy."))
+            self.stdout.write(self.style.SUCCESS(_("All connections healthy.")))

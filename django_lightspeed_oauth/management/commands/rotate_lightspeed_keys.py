@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import models
 from django.db.models.functions import Cast
 from django.db.models.lookups import Exact
+from django.utils.translation import gettext, ngettext
 
 from ... import crypto
 from ...exceptions import BindingError, DecryptionError, LightspeedOAuthError, UnboundSecretError
@@ -235,12 +236,16 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--dry-run", action="store_true", help="Only count what would be re-encrypted.")
+        parser.add_argument(
+            "--dry-run", action="store_true", help=gettext("Only count what would be re-encrypted.")
+        )
         parser.add_argument(
             "--bind-unbound",
             action="store_true",
-            help="Also bind values still in version 0.1.0's format to their rows (values a 0.1.0 "
-            "process wrote after the upgrade's migration). Only when you know where they came from.",
+            help=gettext(
+                "Also bind values still in version 0.1.0's format to their rows (values a 0.1.0 "
+                "process wrote after the upgrade's migration). Only when you know where they came from."
+            ),
         )
 
     def handle(self, *args: Any, dry_run: bool, bind_unbound: bool, **options: Any) -> None:
@@ -256,11 +261,24 @@ class Command(BaseCommand):
             raise CommandError(err.message) from None
         total = sum(counts.values())
         if dry_run:
-            self.stdout.write(f"Dry run: {total} row(s) would be re-encrypted; nothing written.")
+            self.stdout.write(
+                ngettext(
+                    "Dry run: %(total)d row would be re-encrypted; nothing written.",
+                    "Dry run: %(total)d rows would be re-encrypted; nothing written.",
+                    total,
+                )
+                % {"total": total}
+            )
         else:
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"Done: {total} row(s) re-encrypted. Every stored secret now uses the first key; "
-                    "the keys after it can be removed."
+                    ngettext(
+                        "Done: %(total)d row re-encrypted. Every stored secret now uses the first key; "
+                        "the keys after it can be removed.",
+                        "Done: %(total)d rows re-encrypted. Every stored secret now uses the first key; "
+                        "the keys after it can be removed.",
+                        total,
+                    )
+                    % {"total": total}
                 )
             )
