@@ -8,13 +8,22 @@ import logging
 import re
 import secrets
 import string
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
 from django.core.cache import cache
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, resolve_url
 from django.template.response import TemplateResponse
@@ -59,6 +68,9 @@ PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
 INVITATION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
+#: How long the callback keeps trying to store the tokens of a spent code when the database is busy
+#: (a locked SQLite file, a dropped connection): the code cannot be exchanged again.
+STORE_RETRY_SECONDS = 60
 NEXT_URL_MAX_LENGTH: int = AuthorizationRequest._meta.get_field("next_url").max_length or 2000
 
 
@@ -744,7 +756,13 @@ class CallbackView(FlowViewMixin, View):
         )
         if auth_request.reference:
             values["reference"] = auth_request.reference
-        for attempt in range(2):
+        connection = connections[router.db_for_write(ConnectedCompany)]
+        # Only a transaction of our own can be tried again: inside the caller's, a failed statement
+        # has already spoilt it.
+        retry_until = None if connection.in_atomic_block else time.monotonic() + STORE_RETRY_SECONDS
+        delay = 0.05
+        duplicate_seen = False
+        while True:
             try:
                 with transaction.atomic():
                     company, created = ConnectedCompany.objects.store_grant(
@@ -776,8 +794,22 @@ class CallbackView(FlowViewMixin, View):
                 break
             except IntegrityError:
                 # Two callbacks for the same new company at once: the other one created the row.
-                if attempt:
+                if duplicate_seen:
                     raise
+                duplicate_seen = True
+            except (OperationalError, InterfaceError):
+                # "database is locked" (SQLite under concurrent writers), a lost connection: the
+                # transaction was rolled back whole, and the tokens are still here, in memory. The
+                # code is spent, so try again rather than make the merchant start over.
+                if retry_until is None or time.monotonic() + delay > retry_until:
+                    raise
+                logger.warning(
+                    "Database error while storing the company connected with API client %s; retrying",
+                    client.slug,
+                )
+                connection.close()  # a broken connection is replaced at the next query
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
         logger.info(
             "Company %s connected to API client %s (%s)",
             company.pk,
