@@ -93,13 +93,15 @@ def chart(buckets: list[Hour], *, width: int = 600, height: int = 140) -> SafeSt
     """A bar chart of ``buckets`` as inline SVG (no JavaScript): refreshes, with failures stacked on top."""
     top = max([b.refreshed + b.failed for b in buckets] + [1])
     plot_height = height - 30
+    # The tallest bar stops below the "max per hour" label instead of running under it.
+    scale = plot_height - 16
     slot = width / len(buckets)
     bar = max(2.0, slot - 4)
     bars = []
     for n, bucket in enumerate(buckets):
         x = n * slot + (slot - bar) / 2
-        ok = plot_height * bucket.refreshed / top
-        bad = plot_height * bucket.failed / top
+        ok = scale * bucket.refreshed / top
+        bad = scale * bucket.failed / top
         label = _("%(hour)s UTC: %(refreshed)d refreshed, %(failed)d failed") % {
             "hour": bucket.start.strftime("%H:00"),
             "refreshed": bucket.refreshed,
@@ -115,9 +117,10 @@ def chart(buckets: list[Hour], *, width: int = 600, height: int = 140) -> SafeSt
         )
     ticks = format_html_join(
         "",
-        '<text x="{}" y="{}" text-anchor="middle">{}</text>',
+        # Each label starts where its hour starts, so the first one is not cut at the left edge.
+        '<text x="{}" y="{}" text-anchor="start">{}</text>',
         (
-            (_number(n * slot + slot / 2), height - 12, bucket.start.strftime("%H:00"))
+            (_number(n * slot), height - 12, bucket.start.strftime("%H:00"))
             for n, bucket in enumerate(buckets)
             if n % 6 == 0
         ),

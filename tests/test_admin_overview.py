@@ -107,3 +107,13 @@ def test_staff_need_the_view_permission_on_companies(client, django_user_model):
     assert OVERVIEW not in client.get(reverse("admin:index")).content.decode()
     user.user_permissions.add(Permission.objects.get(codename="view_connectedcompany"))
     assert client.get(OVERVIEW).status_code == 200
+
+
+def test_the_tallest_bar_stays_below_the_label_and_the_first_hour_label_is_inside():
+    buckets = hours(timezone.now())
+    buckets[-1].refreshed = 4
+    svg = chart(buckets, width=600, height=140)
+    tops = [float(y) for y in re.findall(r'<rect class="ok" x="[\d.]+" y="([\d.]+)"', svg)]
+    assert min(tops) >= 14  # the "max 4 per hour" label sits at y=10
+    first_tick = re.search(r'<text x="([\d.]+)" y="[\d.]+" text-anchor="(\w+)">', svg)
+    assert first_tick is not None and first_tick.group(2) == "start" and float(first_tick.group(1)) >= 0
