@@ -86,7 +86,9 @@ class _Session(requests.Session):
         self._per_host = bool(os.environ.get("no_proxy") or os.environ.get("NO_PROXY"))
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
-        if proxies or stream is not None or verify is not None or cert is not None:
+        # ``stream`` does not come from the environment: a token request's stream=True must not
+        # turn the cache off (it did, and every refresh scanned the environment again).
+        if proxies or verify is not None or cert is not None:
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}" if self._per_host else parts.scheme
@@ -96,7 +98,11 @@ class _Session(requests.Session):
                 self._environment.clear()
             settings = super().merge_environment_settings(url, {}, None, None, None)
             self._environment[key] = settings
-        return {**settings, "proxies": dict(settings["proxies"])}
+        return {
+            **settings,
+            "proxies": dict(settings["proxies"]),
+            "stream": self.stream if stream is None else stream,
+        }
 
 
 def http_session() -> requests.Session:

@@ -85,6 +85,20 @@ def test_proxy_settings_from_the_environment_are_still_honoured(monkeypatch):
     )
 
 
+def test_a_streamed_token_request_reads_the_environment_once(monkeypatch):
+    # Token requests are sent with stream=True: the environment must still be read only once.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = oauth._Session()
+    first = session.merge_environment_settings("https://a.example.com/x", {}, True, None, None)
+    monkeypatch.setenv("HTTPS_PROXY", "http://other.internal:3128")
+    again = session.merge_environment_settings("https://b.example.com/y", {}, True, None, None)
+    plain = session.merge_environment_settings("https://b.example.com/y", {}, None, None, None)
+    assert first["stream"] is True and again["stream"] is True and plain["stream"] is False
+    assert again["proxies"]["https"] == "http://proxy.internal:3128"  # from the cache
+
+
 def test_no_proxy_is_honoured_per_host(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example.com")
