@@ -9,14 +9,20 @@ What it does, in one run:
    databases named by ``--database-url`` are dropped and created again), migrates it and creates
    ``--n`` companies whose tokens expire in a minute (in a forked child, so that this set-up does not
    count in the peak memory);
-3. runs :func:`django_lightspeed_oauth.refreshing.refresh_due` with ``--workers`` threads and measures
-   wall time, refreshes per second, efficiency = (N x latency / workers) / wall time (1.0: the pool
-   is as fast as the token server lets it be), database queries per refresh (every connection of
-   every thread counted) and peak RSS;
+3. runs :func:`django_lightspeed_oauth.refreshing.refresh_due` with ``--workers`` threads in
+   ``--processes`` processes (forked; each process sweeps its own share of the companies, pk modulo
+   P) and measures wall time, refreshes per second, efficiency = (N x latency / (workers x
+   processes)) / wall time (1.0: the pools are as fast as the token server lets them be), the CPU
+   time of the refreshing processes per refresh (every thread counted, the lease keeper's too),
+   database queries per refresh (every connection of every thread counted), attempts to take a
+   company's lease per refresh, and peak RSS (the largest refreshing process);
 4. refreshes the same tokens (the new ones) with a plain sequential loop over requests-oauthlib's
-   ``OAuth2Session.refresh_token``, no database, as the baseline, and prints ours/baseline speed.
+   ``OAuth2Session.refresh_token``, no database, as the baseline, and prints ours/baseline speed
+   and CPU time per refresh (``cpu_ratio``: ours / the baseline's, measured in the same run).
 
-The last line is exactly ``efficiency=E queries_per_refresh=Q peak_rss_mb=M baseline_ratio=R``.
+The last line is exactly ``efficiency=E cpu_ms_per_refresh=C cpu_ratio=X queries_per_refresh=Q
+lock_attempts_per_refresh=L peak_rss_mb=M baseline_ratio=R`` (the ratios are ``nan`` when the
+baseline is skipped with ``--baseline-n 0``).
 
 Run from the repository root::
 
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -51,7 +58,13 @@ BATCH = 1000
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000, help="companies to refresh (default 5000)")
-    parser.add_argument("--workers", type=int, default=16, help="worker threads (default 16)")
+    parser.add_argument("--workers", type=int, default=16, help="worker threads per process (default 16)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="refreshing processes, each with --workers threads (default 1: this process)",
+    )
     parser.add_argument(
         "--latency-ms", type=float, default=50.0, help="token server latency per request (default 50)"
     )
@@ -229,6 +242,27 @@ class QueryCounter:
                 connection.execute_wrappers.append(self)
 
 
+class LockAttempts:
+    """Counts the statements that try to take a company's lease (a free one or one taken over)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.total = 0
+
+    def install(self) -> None:
+        from django_lightspeed_oauth.models import ConnectedCompanyQuerySet
+
+        for name in ("take_lease", "take_over_lease"):
+            original = getattr(ConnectedCompanyQuerySet, name)
+
+            def counted(queryset, *args, _original=original, **kwargs):
+                with self._lock:
+                    self.total += 1
+                return _original(queryset, *args, **kwargs)
+
+            setattr(ConnectedCompanyQuerySet, name, counted)
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -268,18 +302,106 @@ def server_stats(url: str) -> dict:
 # The two runs --------------------------------------------------------------------------------------
 
 
-def run_ours(workers: int, counter: QueryCounter) -> tuple[float, object]:
-    from django_lightspeed_oauth.refreshing import refresh_due
+@dataclass
+class Measured:
+    """What the refreshing processes did, added up."""
 
-    start_queries = counter.total
+    wall: float = 0.0
+    cpu: float = 0.0  # seconds of process CPU time (user + system, every thread)
+    queries: int = 0
+    lock_attempts: int = 0
+    peak_rss: float = 0.0  # MB, the largest process
+    refreshed: int = 0
+    fresh: int = 0
+    busy: int = 0
+    failed: int = 0
+    reauthorization_required: int = 0
+    problems: list = field(default_factory=list)
+
+    def add(self, other: Measured) -> None:
+        for name in ("cpu", "queries", "lock_attempts", "refreshed", "fresh", "busy", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.reauthorization_required += other.reauthorization_required
+        self.peak_rss = max(self.peak_rss, other.peak_rss)
+        self.problems.extend(other.problems)
+
+
+def sweep(workers: int, share: tuple[int, int] | None = None) -> Measured:
+    """Run refresh_due in this process; with ``share`` (i, P), only the companies whose pk % P == i."""
+    from django.db.models.functions import Mod
+
+    from django_lightspeed_oauth import refreshing
+
+    if share is not None:
+        index, processes = share
+        everything = refreshing.due_companies
+
+        def due_companies(**kwargs):
+            return everything(**kwargs).annotate(bench_share=Mod("pk", processes)).filter(bench_share=index)
+
+        refreshing.due_companies = due_companies
+    counter = QueryCounter()
+    counter.install()
+    attempts = LockAttempts()
+    attempts.install()
+    cpu = time.process_time()
     started = time.perf_counter()
-    summary = refresh_due(workers=workers)
-    wall = time.perf_counter() - started
-    counter.base = start_queries
-    return wall, summary
+    summary = refreshing.refresh_due(workers=workers)
+    return Measured(
+        wall=time.perf_counter() - started,
+        cpu=time.process_time() - cpu,
+        queries=counter.total,
+        lock_attempts=attempts.total,
+        peak_rss=rss_mb(),
+        refreshed=summary.refreshed,
+        fresh=summary.fresh,
+        busy=summary.busy,
+        failed=summary.failed,
+        reauthorization_required=summary.reauthorization_required,
+        problems=[f"company {p.pk}: {p.outcome} {p.message}" for p in summary.problems[:10]],
+    )
 
 
-def run_baseline(token_url: str, limit: int) -> tuple[float, int]:
+def _sweep_child(workers: int, share: tuple[int, int], go, results) -> None:
+    from django.db import connections
+
+    go.wait()
+    try:
+        results.put(sweep(workers, share))
+    finally:
+        connections.close_all()
+
+
+def run_ours(workers: int, processes: int) -> Measured:
+    """Sweep in this process, or in ``processes`` forked ones started at the same moment."""
+    if processes == 1:
+        return sweep(workers)
+    from django.db import connections
+
+    connections.close_all()  # no connection of ours may be shared with a forked child
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    results = context.Queue()
+    children = [
+        context.Process(target=_sweep_child, args=(workers, (index, processes), go, results))
+        for index in range(processes)
+    ]
+    for child in children:
+        child.start()
+    started = time.perf_counter()
+    go.set()
+    total = Measured()
+    for _ in children:
+        total.add(results.get())
+    total.wall = time.perf_counter() - started
+    for child in children:
+        child.join()
+        if child.exitcode != 0:
+            raise SystemExit("a refreshing process failed")
+    return total
+
+
+def run_baseline(token_url: str, limit: int) -> tuple[float, float, int]:
     from requests_oauthlib import OAuth2Session
 
     from django_lightspeed_oauth.models import ApiClient, ConnectedCompany
@@ -292,6 +414,7 @@ def run_baseline(token_url: str, limit: int) -> tuple[float, int]:
     ]
     session = OAuth2Session(client.client_id)
     started = time.perf_counter()
+    cpu = time.process_time()
     for token in refresh_tokens:
         session.refresh_token(
             token_url,
@@ -300,7 +423,7 @@ def run_baseline(token_url: str, limit: int) -> tuple[float, int]:
             client_secret=client.client_secret,
             timeout=30,
         )
-    return time.perf_counter() - started, len(refresh_tokens)
+    return time.perf_counter() - started, time.process_time() - cpu, len(refresh_tokens)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,24 +451,26 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("set-up failed")
         print(f"set-up: {args.n} companies on {vendor} in {time.perf_counter() - started:.1f}s", flush=True)
 
-        counter = QueryCounter()
-        counter.install()
+        if args.processes < 1:
+            raise SystemExit("--processes must be at least 1")
         rss_before = rss_mb()
-        wall, summary = run_ours(args.workers, counter)
-        queries = counter.total - counter.base
-        peak = rss_mb()
+        ours = run_ours(args.workers, args.processes)
+        wall = ours.wall
         stats = server_stats(server_url)
         latency = args.latency_ms / 1000
-        ideal = args.n * latency / args.workers
+        ideal = args.n * latency / (args.workers * args.processes)
         efficiency = ideal / wall
-        refreshed = summary.refreshed
-        qpr = queries / max(1, refreshed)
+        refreshed = ours.refreshed
+        per = max(1, refreshed)
+        qpr = ours.queries / per
+        cpu_ms = ours.cpu * 1000 / per
         print(
-            f"ours: {refreshed}/{args.n} refreshed (fresh {summary.fresh}, busy {summary.busy}, "
-            f"failed {summary.failed}, reauth {summary.reauthorization_required}) "
-            f"with {args.workers} workers in {wall:.2f}s = {refreshed / wall:.1f} refreshes/s; "
-            f"ideal {ideal:.2f}s; {queries} queries; RSS {rss_before:.1f} MB before, "
-            f"{peak:.1f} MB peak",
+            f"ours: {refreshed}/{args.n} refreshed (fresh {ours.fresh}, busy {ours.busy}, "
+            f"failed {ours.failed}, reauth {ours.reauthorization_required}) "
+            f"with {args.processes} process(es) x {args.workers} workers in {wall:.2f}s = "
+            f"{refreshed / wall:.1f} refreshes/s; ideal {ideal:.2f}s; {ours.queries} queries; "
+            f"{ours.lock_attempts} lock attempts; CPU {ours.cpu:.2f}s = {cpu_ms:.2f} ms/refresh; "
+            f"RSS {rss_before:.1f} MB before, {ours.peak_rss:.1f} MB peak",
             flush=True,
         )
         print(
@@ -355,24 +480,27 @@ def main(argv: list[str] | None = None) -> int:
         )
         if stats["invalid_grants"] or refreshed != args.n or stats["refreshes"] != refreshed:
             print("WARNING: not every company was refreshed exactly once", flush=True)
-            for problem in summary.problems[:10]:
-                print(f"  company {problem.pk}: {problem.outcome} {problem.message}", flush=True)
+            for problem in ours.problems[:10]:
+                print(f"  {problem}", flush=True)
 
-        ratio = float("nan")
+        ratio = cpu_ratio = float("nan")
         limit = args.n if args.baseline_n is None else args.baseline_n
         if limit > 0:
-            base_wall, base_n = run_baseline(token_url, limit)
+            base_wall, base_cpu, base_n = run_baseline(token_url, limit)
             ours_rate = refreshed / wall
             base_rate = base_n / base_wall
             ratio = ours_rate / base_rate
+            base_cpu_ms = base_cpu * 1000 / max(1, base_n)
+            cpu_ratio = cpu_ms / base_cpu_ms
             print(
                 f"baseline: {base_n} sequential OAuth2Session.refresh_token calls in "
-                f"{base_wall:.2f}s = {base_rate:.1f} refreshes/s",
+                f"{base_wall:.2f}s = {base_rate:.1f} refreshes/s; CPU {base_cpu_ms:.2f} ms/refresh",
                 flush=True,
             )
         print(
-            f"efficiency={efficiency:.2f} queries_per_refresh={qpr:.2f} "
-            f"peak_rss_mb={peak:.1f} baseline_ratio={ratio:.2f}",
+            f"efficiency={efficiency:.2f} cpu_ms_per_refresh={cpu_ms:.2f} cpu_ratio={cpu_ratio:.2f} "
+            f"queries_per_refresh={qpr:.2f} lock_attempts_per_refresh={ours.lock_attempts / per:.2f} "
+            f"peak_rss_mb={ours.peak_rss:.1f} baseline_ratio={ratio:.2f}",
             flush=True,
         )
     finally:
