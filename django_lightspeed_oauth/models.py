@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Now
+from django.db.models.sql.subqueries import UpdateQuery
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -321,6 +322,63 @@ def _leased(lock_id: str, lease: float) -> dict[str, Any]:
     }
 
 
+class _Update:
+    """An UPDATE not run yet: a queryset and the values it sets."""
+
+    def __init__(self, query: models.QuerySet, values: dict[str, Any]) -> None:
+        self.query = query
+        self.values = values
+
+    def run(self) -> bool:
+        return bool(self.query.update(**self.values))
+
+    def compile(self, alias: str) -> tuple[str, list[Any]]:
+        update = self.query.query.chain(UpdateQuery)
+        update.add_update_values(self.values)
+        update.annotations = {}
+        sql, params = update.get_compiler(alias).as_sql()
+        return sql, list(params)
+
+
+# Values that mark where the real ones go in a compiled statement (within their fields' ranges:
+# Django turns a lookup on a value out of range into "no rows" and drops it from the SQL).
+_MARK_PK = 2**63 - 25
+_MARK_VERSION = 2**31 - 19
+_MARK_LOCK = "\x1flightspeed-oauth-mark\x1f"
+
+
+class _Compiled:
+    """A statement's SQL, compiled once, and where in its parameters each value goes."""
+
+    def __init__(self, sql: str | None, params: list[Any], positions: tuple[int, ...]) -> None:
+        self.sql = sql
+        self.params = params
+        self.positions = positions
+
+    @classmethod
+    def of(cls, statement: _Update, alias: str, marks: tuple[Any, ...]) -> _Compiled:
+        sql, params = statement.compile(alias)
+        positions = []
+        for mark in marks:
+            found = [i for i, value in enumerate(params) if type(value) is type(mark) and value == mark]
+            if len(found) != 1:
+                return cls(None, [], ())
+            positions.append(found[0])
+        return cls(sql, params, tuple(positions))
+
+    def run(self, alias: str, values: tuple[Any, ...]) -> bool:
+        params = list(self.params)
+        for position, value in zip(self.positions, values, strict=True):
+            params[position] = value
+        with transaction.mark_for_rollback_on_error(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute(self.sql, params)
+            return bool(cursor.rowcount)
+
+
+#: take_lease's statement per (database alias, lease, force).
+_compiled_leases: dict[tuple[str, float, bool], _Compiled] = {}
+
+
 class ConnectedCompanyQuerySet(models.QuerySet):
     """Every change of a company's token state, one conditional UPDATE each.
 
@@ -330,7 +388,26 @@ class ConnectedCompanyQuerySet(models.QuerySet):
     """
 
     def take_lease(self, pk: int, *, version: int, lock_id: str, lease: float, force: bool) -> bool:
-        """Become the company's only refresher, if nobody holds a live lease and nothing changed."""
+        """Become the company's only refresher, if nobody holds a live lease and nothing changed.
+
+        The statement is the same for every refresh but for the company, its token version and
+        the lock id: it is compiled once per database and kept (building it with the ORM cost
+        more CPU than running it), and runs with the new values swapped in.
+        """
+        alias = self._db or router.db_for_write(self.model, **self._hints)
+        key = (alias, float(lease), force)
+        compiled = _compiled_leases.get(key)
+        if compiled is None:
+            marked = self._lease_statement(_MARK_PK, _MARK_VERSION, _MARK_LOCK, lease, force)
+            compiled = _compiled_leases[key] = _Compiled.of(
+                marked, alias, (_MARK_PK, _MARK_VERSION, _MARK_LOCK)
+            )
+        if compiled.sql is None or self.query.has_filters():
+            # The marks were not found, or this queryset has conditions of its own: the ORM.
+            return self._lease_statement(pk, version, lock_id, lease, force).run()
+        return compiled.run(alias, (pk, version, lock_id))
+
+    def _lease_statement(self, pk: int, version: int, lock_id: str, lease: float, force: bool) -> _Update:
         statuses = [ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING]
         if force:
             statuses.append(ConnectedCompany.Status.UNCERTAIN)
@@ -339,7 +416,7 @@ class ConnectedCompanyQuerySet(models.QuerySet):
             # The back-off is part of the condition: a failure recorded since we read the row
             # stops us too.
             query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
-        return bool(query.update(**_leased(lock_id, lease)))
+        return _Update(query, _leased(lock_id, lease))
 
     def mark_expired_lease(self, pk: int, *, version: int, holder: str) -> bool:
         """Note that ``holder``'s lease ran out (database clock): its renewals stop counting, and
