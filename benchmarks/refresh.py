@@ -10,10 +10,11 @@ What it does, in one run:
    ``--n`` companies whose tokens expire in a minute (in a forked child, so that this set-up does not
    count in the peak memory);
 3. runs :func:`django_lightspeed_oauth.refreshing.refresh_due` with ``--workers`` threads in
-   ``--processes`` processes (forked; each process sweeps its own share of the companies, pk modulo
-   P) and measures wall time, refreshes per second, efficiency = (N x latency / (workers x
-   processes)) / wall time (1.0: the pools are as fast as the token server lets them be), the CPU
-   time of the refreshing processes per refresh (every thread counted, the lease keeper's too),
+   each of ``--processes`` processes (forked; their sweeps claim disjoint batches of the due
+   companies, as copies of the refresh command do) and measures wall time, refreshes per
+   second, efficiency = (N x latency / (workers x processes)) / wall time (1.0: the pools are
+   as fast as the token server lets them be), the CPU time of the refreshing processes per
+   refresh (every thread counted, the lease keeper's too),
    database queries per refresh (every connection of every thread counted), attempts to take a
    company's lease per refresh, and peak RSS (the largest refreshing process);
 4. refreshes the same tokens (the new ones) with a plain sequential loop over requests-oauthlib's
@@ -326,20 +327,10 @@ class Measured:
         self.problems.extend(other.problems)
 
 
-def sweep(workers: int, share: tuple[int, int] | None = None) -> Measured:
-    """Run refresh_due in this process; with ``share`` (i, P), only the companies whose pk % P == i."""
-    from django.db.models.functions import Mod
-
+def sweep(workers: int) -> Measured:
+    """Run refresh_due in this process (several such sweeps claim disjoint batches)."""
     from django_lightspeed_oauth import refreshing
 
-    if share is not None:
-        index, processes = share
-        everything = refreshing.due_companies
-
-        def due_companies(**kwargs):
-            return everything(**kwargs).annotate(bench_share=Mod("pk", processes)).filter(bench_share=index)
-
-        refreshing.due_companies = due_companies
     counter = QueryCounter()
     counter.install()
     attempts = LockAttempts()
@@ -362,12 +353,12 @@ def sweep(workers: int, share: tuple[int, int] | None = None) -> Measured:
     )
 
 
-def _sweep_child(workers: int, share: tuple[int, int], go, results) -> None:
+def _sweep_child(workers: int, go, results) -> None:
     from django.db import connections
 
     go.wait()
     try:
-        results.put(sweep(workers, share))
+        results.put(sweep(workers))
     finally:
         connections.close_all()
 
@@ -382,10 +373,7 @@ def run_ours(workers: int, processes: int) -> Measured:
     context = multiprocessing.get_context("fork")
     go = context.Event()
     results = context.Queue()
-    children = [
-        context.Process(target=_sweep_child, args=(workers, (index, processes), go, results))
-        for index in range(processes)
-    ]
+    children = [context.Process(target=_sweep_child, args=(workers, go, results)) for _ in range(processes)]
     for child in children:
         child.start()
     started = time.perf_counter()
