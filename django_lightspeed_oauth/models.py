@@ -333,7 +333,7 @@ class _Update:
         return bool(self.query.update(**self.values))
 
     def compile(self, alias: str) -> tuple[str, list[Any]]:
-        update = self.query.query.chain(UpdateQuery)
+        update = cast(UpdateQuery, self.query.query.chain(UpdateQuery))
         update.add_update_values(self.values)
         update.annotations = {}
         sql, params = update.get_compiler(alias).as_sql()
@@ -371,7 +371,7 @@ class _Compiled:
         for position, value in zip(self.positions, values, strict=True):
             params[position] = value
         with transaction.mark_for_rollback_on_error(using=alias), connections[alias].cursor() as cursor:
-            cursor.execute(self.sql, params)
+            cursor.execute(cast(str, self.sql), params)
             return bool(cursor.rowcount)
 
 
@@ -394,7 +394,8 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         the lock id: it is compiled once per database and kept (building it with the ORM cost
         more CPU than running it), and runs with the new values swapped in.
         """
-        alias = self._db or router.db_for_write(self.model, **self._hints)
+        state = cast(Any, self)  # a queryset's own alias and routing hints, as update() uses them
+        alias = state._db or router.db_for_write(self.model, **state._hints)
         key = (alias, float(lease), force)
         compiled = _compiled_leases.get(key)
         if compiled is None:
