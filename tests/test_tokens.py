@@ -694,3 +694,25 @@ def test_api_session_takes_request_options_by_position_too(mocked):
     assert response.json() == []
     sent = mocked.calls[-1].request.headers
     assert sent["X-Trace"] == "abc" and sent["Authorization"] == f"Bearer {company.access_token}"
+
+
+def test_the_compiled_lease_statement_takes_only_the_right_company_at_its_version(db):
+    # take_lease compiles its UPDATE once and swaps the values in: every call must still say
+    # which company, which token version and which lock id, and nothing else.
+    first, second = make_company(expires_in=60), make_company(expires_in=60)
+    manager = ConnectedCompany.objects
+    assert not manager.take_lease(
+        first.pk, version=first.token_version + 1, lock_id="a", lease=30, force=False
+    )
+    assert manager.take_lease(first.pk, version=first.token_version, lock_id="a", lease=30, force=False)
+    assert not manager.take_lease(first.pk, version=first.token_version, lock_id="b", lease=30, force=False)
+    with CaptureQueriesContext(connection) as queries:
+        assert manager.take_lease(second.pk, version=second.token_version, lock_id="c", lease=30, force=False)
+    assert len(queries) == 1
+    assert [manager.get(pk=c.pk).refresh_lock_id for c in (first, second)] == ["a", "c"]
+    # A queryset with conditions of its own keeps them.
+    third = make_company(expires_in=60)
+    assert not manager.filter(pk=first.pk).take_lease(
+        third.pk, version=third.token_version, lock_id="d", lease=30, force=False
+    )
+    assert manager.get(pk=third.pk).refresh_lock_id == ""
