@@ -9,8 +9,9 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
@@ -68,6 +69,8 @@ PRINTABLE = re.compile(r"^[\x21-\x7e]{1,2048}$")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 STATE_ALPHABET = string.ascii_letters + string.digits
 INVITATION_TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{20,100}$")
+T = TypeVar("T")
+
 #: How long the callback keeps trying to store the tokens of a spent code when the database is busy
 #: (a locked SQLite file, a dropped connection): the code cannot be exchanged again.
 STORE_RETRY_SECONDS = 60
@@ -478,6 +481,29 @@ class InviteView(FlowViewMixin, View):
             )
 
 
+def _retry_busy_database(write: Callable[[], T], what: str) -> T:
+    """Run ``write`` (a transaction of its own), again on a locked or lost database.
+
+    For what cannot be fetched again once the code is spent: the tokens are held in memory, and a
+    failed transaction changed nothing ("database is locked" on a busy SQLite file, a dropped
+    connection). Inside the caller's transaction nothing is retried: a failed statement has already
+    spoilt it.
+    """
+    connection = connections[router.db_for_write(ConnectedCompany)]
+    retry_until = None if connection.in_atomic_block else time.monotonic() + STORE_RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            if retry_until is None or time.monotonic() + delay > retry_until:
+                raise
+            logger.warning("Database error while %s; retrying", what)
+            connection.close()  # a broken connection is replaced at the next query
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
 @method_decorator(never_cache, name="dispatch")
 @method_decorator(transaction.non_atomic_requests, name="dispatch")
 class CallbackView(FlowViewMixin, View):
@@ -687,9 +713,14 @@ class CallbackView(FlowViewMixin, View):
         auth_request.pending_companies = {"companies": companies, "context": context}
         auth_request.choice_expires_at = timezone.now() + timedelta(seconds=app_settings.STATE_MAX_AGE)
         auth_request.outcome = AuthorizationRequest.Outcome.CHOOSING
-        auth_request.save(
-            update_fields=["pending_tokens", "pending_companies", "choice_expires_at", "outcome"]
-        )
+        fields = ["pending_tokens", "pending_companies", "choice_expires_at", "outcome"]
+
+        @sensitive_variables()  # its frame sees the request holding the tokens
+        def write() -> None:
+            with transaction.atomic():
+                auth_request.save(update_fields=fields)
+
+        _retry_busy_database(write, f"keeping the tokens of API client {auth_request.client.slug}")
         request.session[SESSION_CHOICE_KEY] = auth_request.pk
         logger.info(
             "API client %s: the authorizing user sees %s businesses; waiting for a choice",
@@ -756,60 +787,53 @@ class CallbackView(FlowViewMixin, View):
         )
         if auth_request.reference:
             values["reference"] = auth_request.reference
-        connection = connections[router.db_for_write(ConnectedCompany)]
-        # Only a transaction of our own can be tried again: inside the caller's, a failed statement
-        # has already spoilt it.
-        retry_until = None if connection.in_atomic_block else time.monotonic() + STORE_RETRY_SECONDS
-        delay = 0.05
-        duplicate_seen = False
-        while True:
-            try:
-                with transaction.atomic():
-                    company, created = ConnectedCompany.objects.store_grant(
-                        client,
-                        identity.company_id,
-                        previous_ids=identity.previous_ids,
-                        values=values,
-                        details=details,
-                    )
-                    AuthorizationRequest.objects.filter(pk=auth_request.pk).update(
-                        outcome=AuthorizationRequest.Outcome.CONNECTED,
-                        company=company,
-                        pending_tokens="",
-                        pending_companies=[],
-                        choice_expires_at=None,
-                    )
-                    TokenEvent.objects.create(
-                        company=company,
-                        kind=TokenEvent.Kind.CONNECTED,
-                        actor=auth_request.created_by,
-                        message="Connected." if created else "Connected again; new tokens stored.",
-                        details={
-                            "access_token": company.access_token_fingerprint,
-                            "refresh_token": company.refresh_token_fingerprint,
-                            "via_invitation": auth_request.via_invitation,
-                            "authorization_request": auth_request.pk,
-                        },
-                    )
-                break
-            except IntegrityError:
-                # Two callbacks for the same new company at once: the other one created the row.
-                if duplicate_seen:
-                    raise
-                duplicate_seen = True
-            except (OperationalError, InterfaceError):
-                # "database is locked" (SQLite under concurrent writers), a lost connection: the
-                # transaction was rolled back whole, and the tokens are still here, in memory. The
-                # code is spent, so try again rather than make the merchant start over.
-                if retry_until is None or time.monotonic() + delay > retry_until:
-                    raise
-                logger.warning(
-                    "Database error while storing the company connected with API client %s; retrying",
-                    client.slug,
-                )
-                connection.close()  # a broken connection is replaced at the next query
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+
+        @sensitive_variables()  # its frame sees the tokens (``values``)
+        def write() -> tuple[ConnectedCompany, bool]:
+            for attempt in range(2):
+                try:
+                    with transaction.atomic():
+                        # The first statement writes: on SQLite the transaction then takes the
+                        # write lock at once, waiting for it (the database's timeout), instead of
+                        # reading first and failing with "database is locked" when another process
+                        # writes in between (Django's default, DEFERRED, transactions).
+                        request_row = AuthorizationRequest.objects.filter(pk=auth_request.pk)
+                        request_row.update(
+                            outcome=AuthorizationRequest.Outcome.CONNECTED,
+                            pending_tokens="",
+                            pending_companies=[],
+                            choice_expires_at=None,
+                        )
+                        company, created = ConnectedCompany.objects.store_grant(
+                            client,
+                            identity.company_id,
+                            previous_ids=identity.previous_ids,
+                            values=values,
+                            details=details,
+                        )
+                        request_row.update(company=company)
+                        TokenEvent.objects.create(
+                            company=company,
+                            kind=TokenEvent.Kind.CONNECTED,
+                            actor=auth_request.created_by,
+                            message="Connected." if created else "Connected again; new tokens stored.",
+                            details={
+                                "access_token": company.access_token_fingerprint,
+                                "refresh_token": company.refresh_token_fingerprint,
+                                "via_invitation": auth_request.via_invitation,
+                                "authorization_request": auth_request.pk,
+                            },
+                        )
+                    return company, created
+                except IntegrityError:
+                    # Two callbacks for the same new company at once: the other one created the row.
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+        company, created = _retry_busy_database(
+            write, f"storing the company connected with API client {client.slug}"
+        )
         logger.info(
             "Company %s connected to API client %s (%s)",
             company.pk,

@@ -6,11 +6,12 @@ SQLite's write lock (``BEGIN IMMEDIATE``, a write, a pause, ``COMMIT``) as other
 Staff members run whole flows over HTTP at the same time: confirm, consent in the sandbox, and the
 callback, which exchanges the code (spending it) and stores the company.
 
-Before the callback retried its store, a transaction that read and then wrote met ``database is
-locked`` as soon as a writer committed in between, and the merchant, whose code was spent, had to
-start over. Under Django's default (DEFERRED) transactions the retry saves every callback; with
-``"OPTIONS": {"transaction_mode": "IMMEDIATE"}`` (README's advice) the store waits for the lock
-instead. This file is also the worker: ``python -m tests.test_sqlite_callbacks COMMAND ...``.
+Before, the store's transaction read and then wrote, and under Django's default (DEFERRED)
+transactions it met ``database is locked`` as soon as a writer committed in between (18 of these 24
+callbacks failed), and the merchant, whose code was spent, had to start over. Now its first statement
+writes, so it waits for the lock, under DEFERRED as under ``"transaction_mode": "IMMEDIATE"``
+(README's advice), and a store that still fails is retried from the tokens in memory (the tests
+in one process below). This file is also the worker: ``python -m tests.test_sqlite_callbacks COMMAND ...``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import pytest
 import requests
+import responses
 
 ROOT = Path(__file__).resolve().parent.parent
 SLUG = "sandbox-o-series"  # a demo client of the sandbox (client authentication in the form body)
@@ -194,9 +196,80 @@ def test_every_callback_stores_its_tokens_while_other_processes_write(tmp_path, 
     assert state["connected_events"] == flows
     assert state["other_outcomes"] == {}
     assert state["refreshed"] is True
-    if not transaction_mode:
-        # DEFERRED transactions met the lock, and the retry carried them through.
-        assert "Database error while storing the company connected" in server_log
+
+
+# In one process: the retry itself, and where it must not happen ----------------------------------
+
+
+def _flaky_store(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[int]:
+    """Make the callback's store meet "database is locked" ``failures`` times, as SQLite does."""
+    from django.db import OperationalError
+
+    from django_lightspeed_oauth.models import ConnectedCompanyQuerySet
+
+    original = ConnectedCompanyQuerySet.store_grant
+    calls: list[int] = []
+
+    def store_grant(self, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise OperationalError("database is locked")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "store_grant", store_grant)
+    return calls
+
+
+def _callback_with_spent_code(staff_client: Any, mocked: Any, api_client: Any) -> Any:
+
+    from .lightspeed_documented import k_series_businesses
+    from .test_connect_flows import TOKEN_ANSWER
+
+    mocked.add(
+        responses.GET,
+        "https://api.trial.lsk.lightspeed.app/f/data/businesses",
+        json=k_series_businesses((1, "Bistro", [])),
+    )
+    mocked.add(responses.POST, "https://api.trial.lsk.lightspeed.app/oauth/token", json=TOKEN_ANSWER)
+    started = staff_client.post(f"/lightspeed/connect/{api_client.slug}/")
+    state = dict(parse_qsl(urlsplit(started["Location"]).query))["state"]
+    return staff_client.get("/lightspeed/callback/", {"code": "c", "state": state}, follow=True)
+
+
+@pytest.mark.django_db(transaction=True)  # the view's own transactions, as in production
+def test_a_locked_database_is_retried_from_the_tokens_in_memory(
+    staff_client, mocked, api_client, monkeypatch, caplog
+):
+    from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany, TokenEvent
+
+    calls = _flaky_store(monkeypatch, failures=2)
+
+    response = _callback_with_spent_code(staff_client, mocked, api_client)
+
+    assert response.status_code == 200
+    assert len(calls) == 3
+    company = ConnectedCompany.objects.get()
+    assert (company.access_token, company.refresh_token) == ("AT-1", "RT-1")
+    assert AuthorizationRequest.objects.get().outcome == AuthorizationRequest.Outcome.CONNECTED
+    assert TokenEvent.objects.filter(kind=TokenEvent.Kind.CONNECTED).count() == 1
+    assert caplog.text.count("Database error while storing the company connected") == 2
+
+
+@pytest.mark.django_db  # the whole test inside a transaction: the caller's, which a failure spoils
+def test_inside_the_callers_transaction_the_store_is_not_retried(
+    staff_client, mocked, api_client, monkeypatch
+):
+    from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany
+
+    calls = _flaky_store(monkeypatch, failures=1)
+
+    response = _callback_with_spent_code(staff_client, mocked, api_client)
+
+    assert response.status_code == 503
+    assert "could not be saved" in response.content.decode()
+    assert len(calls) == 1
+    assert not ConnectedCompany.objects.exists()
+    assert AuthorizationRequest.objects.get().outcome == AuthorizationRequest.Outcome.FAILED
 
 
 # The worker side (run in subprocesses) ------------------------------------------------------------
