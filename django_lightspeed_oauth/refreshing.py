@@ -254,23 +254,31 @@ def _claimable(
     force: bool,
     after: int,
     pks: Iterable[int] | None,
+    client_pks: list[int] | None = None,
 ) -> QuerySet:
     """The due companies of :func:`due_companies` that no other sweep claims, with primary keys
     above ``after``; without joins, so that a locking read locks company rows
     only (a locked API client row would make competing sweeps skip all of its companies)."""
-    active = ApiClient.objects.filter(is_active=True)
-    clients = list(clients)
-    if clients:
-        active = active.filter(slug__in=clients)
+    if client_pks is None:
+        client_pks = _active_client_pks(clients)
     query = ConnectedCompany.objects.all()
     if pks is not None:
         query = query.filter(pk__in=list(pks))
     return (
         _due_filter(query, within=within, company_ids=company_ids, force=force)
-        .filter(client_id__in=list(active.values_list("pk", flat=True)), pk__gt=after)
+        .filter(client_id__in=client_pks, pk__gt=after)
         .filter(Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now()))
         .order_by("pk")
     )
+
+
+def _active_client_pks(clients: Iterable[str]) -> list[int]:
+    """The API clients a sweep refreshes (read once per sweep, so that claims need no join)."""
+    active = ApiClient.objects.filter(is_active=True)
+    clients = list(clients)
+    if clients:
+        active = active.filter(slug__in=clients)
+    return list(active.values_list("pk", flat=True))
 
 
 def claim_batch(
@@ -296,12 +304,48 @@ def claim_batch(
     A claim only spares other sweeps the work: refresh each company with
     :func:`~django_lightspeed_oauth.tokens.refresh`, whose lease is what guarantees one refresh.
     """
+    batch, _ = _claim_batch(
+        size=size,
+        within=within,
+        clients=clients,
+        company_ids=company_ids,
+        force=force,
+        after=after,
+        pks=pks,
+        renew=renew,
+        fetch=False,
+        client_pks=None,
+    )
+    return batch
+
+
+def _claim_batch(
+    *,
+    size: int | None,
+    within: float | None,
+    clients: Iterable[str],
+    company_ids: Iterable[str],
+    force: bool,
+    after: int,
+    pks: Iterable[int] | None,
+    renew: bool,
+    fetch: bool,
+    client_pks: list[int] | None,
+) -> tuple[Batch, list[ConnectedCompany]]:
+    """:func:`claim_batch`; with ``fetch``, the claimed companies too (with as few queries as the
+    database allows)."""
     size = app_settings.SWEEP_BATCH_SIZE if size is None else int(size)
     if size < 1:
         raise ValueError("size must be at least 1")
     claim_id = uuid.uuid4().hex
     candidates = _claimable(
-        within=within, clients=clients, company_ids=company_ids, force=force, after=after, pks=pks
+        within=within,
+        clients=clients,
+        company_ids=company_ids,
+        force=force,
+        after=after,
+        pks=pks,
+        client_pks=client_pks,
     ).values_list("pk", flat=True)
     alias = router.db_for_write(ConnectedCompany)
     features = connections[alias].features
@@ -313,7 +357,9 @@ def claim_batch(
     deadline = time.monotonic() + CLAIM_RETRY_WINDOW
     while True:
         try:
-            pks = _claim(manager, candidates.using(alias), features, claimed, claim_id, size)
+            claimed_pks, companies = _claim(
+                manager, candidates.using(alias), features, claimed, claim_id, size, fetch
+            )
             break
         except (OperationalError, InterfaceError):
             # A busy SQLite file or a dropped connection: the claim changed nothing, try again.
@@ -323,15 +369,24 @@ def claim_batch(
             if not connections[alias].in_atomic_block:
                 connections[alias].close()
             time.sleep(0.1)
-    batch = Batch(claim_id, pks)
+    batch = Batch(claim_id, claimed_pks)
     if batch and renew:
         leases.hold_claim(claim_id)
-    return batch
+    if fetch and companies is None:
+        companies = claimed_companies(batch)
+    return batch, companies or []
 
 
 def _claim(
-    manager: Any, candidates: QuerySet, features: Any, claimed: dict[str, Any], claim_id: str, size: int
-) -> list[int]:
+    manager: Any,
+    candidates: QuerySet,
+    features: Any,
+    claimed: dict[str, Any],
+    claim_id: str,
+    size: int,
+    fetch: bool,
+) -> tuple[list[int], list[ConnectedCompany] | None]:
+    """Mark a batch; its primary keys, and its companies where reading them back gave them."""
     alias = manager.db
     if features.has_select_for_update_skip_locked:
         # PostgreSQL, MariaDB 10.6+, MySQL 8: rows another sweep is claiming right now are skipped,
@@ -340,7 +395,7 @@ def _claim(
             pks = list(candidates.select_for_update(skip_locked=True)[:size])
             if pks:
                 manager.filter(pk__in=pks).update(**claimed)
-        return pks
+        return pks, None
     if features.allow_sliced_subqueries_with_in:
         # SQLite: one statement chooses and marks the batch; SQLite runs writes one at a time.
         manager.filter(pk__in=candidates[:size]).update(**claimed)
@@ -349,7 +404,12 @@ def _claim(
         chosen = list(candidates[:size])
         free = Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now())
         manager.filter(pk__in=chosen).filter(free).update(**claimed)
-    return list(manager.filter(sweep_claim_id=claim_id).order_by("pk").values_list("pk", flat=True))
+    mine = manager.filter(sweep_claim_id=claim_id).order_by("pk")
+    if fetch:
+        # The read-back that says what was claimed brings the companies along.
+        companies = list(mine.select_related("client"))
+        return [company.pk for company in companies], companies
+    return list(mine.values_list("pk", flat=True)), None
 
 
 def claimed_companies(batch: Batch) -> list[ConnectedCompany]:
@@ -479,8 +539,9 @@ def refresh_due(
                 yield company, None
             return
         after = 0
+        client_pks = _active_client_pks(clients)
         while True:
-            batch = claim_batch(
+            batch, page = _claim_batch(
                 size=batch_size,
                 within=within,
                 clients=clients,
@@ -488,12 +549,14 @@ def refresh_due(
                 force=force,
                 after=after,
                 pks=pks,
+                renew=True,
+                fetch=True,
+                client_pks=client_pks,
             )
             if not batch:
                 return
             summary.batches += 1
             after = batch.pks[-1]
-            page = claimed_companies(batch)
             held = _Held(batch, len(page), open_batches, guard)
             with guard:
                 open_batches.add(held)
