@@ -403,7 +403,10 @@ def _block_writes(shared_db, database_proxy):
         return database_proxy.restore
     import sqlite3
 
-    blocker = sqlite3.connect(shared_db.env["LS_DB_NAME"], timeout=0, isolation_level=None)
+    # Wait for the write lock rather than fail when it is taken: the workers write all the time
+    # (a waiter's conditional UPDATE takes the lock even when it matches no row, the lease keeper
+    # renews), and a worker preempted while holding it, on a loaded machine, holds it a while.
+    blocker = sqlite3.connect(shared_db.env["LS_DB_NAME"], timeout=10, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
 
     def release() -> None:
@@ -451,8 +454,10 @@ def test_a_database_restart_while_refreshes_are_in_flight_loses_nothing(shared_d
     shared_db.release(len(callers))
     _wait_for(lambda: server.stats()["in_flight"] == 1, "the refresh to reach the server")
     release = _block_writes(shared_db, database_proxy)
-    time.sleep(0.5)
-    release()
+    try:
+        time.sleep(0.5)
+    finally:
+        release()
     results = [finish(proc, timeout=60) for proc in callers]
     state = shared_db.state(int(pk))
 
