@@ -76,6 +76,11 @@ class SharedDatabase:
 
     def release(self, expected: int, timeout: float = 30) -> None:
         """Wait until ``expected`` processes wait at the barrier, then let them all go at once."""
+        self.wait_ready(expected, timeout)
+        (self.barrier_dir / "go").touch()
+
+    def wait_ready(self, expected: int, timeout: float = 30) -> None:
+        """Wait until ``expected`` processes wait at the barrier (started, their row read)."""
         deadline = time.monotonic() + timeout
         while len(list(self.barrier_dir.glob("ready-*"))) < expected:
             for proc in self.procs:
@@ -85,7 +90,6 @@ class SharedDatabase:
             if time.monotonic() > deadline:
                 pytest.fail("the workers did not reach the barrier in time")
             time.sleep(0.01)
-        (self.barrier_dir / "go").touch()
 
     def kill_all(self) -> None:
         for proc in self.procs:
@@ -316,12 +320,16 @@ def test_a_process_whose_clock_runs_ahead_waits_for_a_live_refresher(shared_db, 
     seeded = shared_db.seed(server, expires_in=60)
     pk = str(seeded["pk"])
     server.latency = LOCK_TIMEOUT + 1.5
+    # The database's clock decides; where the database is a server, skew the whole C library.
+    # The skewed process starts first and waits at the barrier with the old row read, so that a
+    # slow start on a busy machine cannot bring it in after the refresh was stored.
+    prefix = _faketime("+1h") if _database_is_a_server() else ()
+    skewed = shared_db.spawn("get-token", pk, "--barrier", prefix=prefix, LS_SKEW_SECONDS="3600")
+    shared_db.wait_ready(1)
     first = shared_db.spawn("refresh", pk)
     _wait_for(lambda: server.stats()["in_flight"] == 1, "the first refresh to reach the server")
     time.sleep(LOCK_TIMEOUT / 2)
-    # The database's clock decides; where the database is a server, skew the whole C library.
-    prefix = _faketime("+1h") if _database_is_a_server() else ()
-    skewed = shared_db.spawn("get-token", pk, prefix=prefix, LS_SKEW_SECONDS="3600")
+    shared_db.release(1)
 
     done, late = finish(first), finish(skewed)
     state = shared_db.state(int(pk))
