@@ -83,7 +83,15 @@ def sweep_db(shared_db):
 
 def refreshed_count(db: SharedDatabase) -> int:
     """Companies whose new tokens are stored (read without Django's models, as often as needed)."""
-    sql = f"SELECT COUNT(*) FROM {TABLE} WHERE token_version > 0"
+    return _count(db, f"SELECT COUNT(*) FROM {TABLE} WHERE token_version > 0")
+
+
+def refreshed_events_count(db: SharedDatabase) -> int:
+    """ "refreshed" token events written (each is written just after its company's tokens)."""
+    return _count(db, "SELECT COUNT(*) FROM lightspeed_oauth_tokenevent WHERE kind = 'refreshed'")
+
+
+def _count(db: SharedDatabase, sql: str) -> int:
     if not _database_is_a_server():
         with sqlite3.connect(db.env["LS_DB_NAME"], timeout=10) as file:
             return file.execute(sql).fetchone()[0]
@@ -154,11 +162,13 @@ def test_a_sweep_killed_half_way_has_its_batch_finished_within_the_lease(sweep_d
     victim = spawn(sweep_db, "sweep", "--workers", "4", "--batch-size", "100")
     _wait_for(lambda: server.stats()["refreshes"] >= n // 3, "the victim to get going", victim)
     server.hang = True  # from now on its requests reach the server and wait there, unanswered
-    # Kill it once every answer it did get is stored: what is lost is claims and leases only.
+    # Kill it once every answer it did get is stored, with its event: what is lost is claims and
+    # leases only.
     _wait_for(
         lambda: (
             server.stats()["in_flight"] == server.stats()["hung"] >= 1
             and refreshed_count(sweep_db) == server.stats()["refreshes"]
+            and refreshed_events_count(sweep_db) == server.stats()["refreshes"]
         ),
         "the victim's answers to be stored",
         victim,
