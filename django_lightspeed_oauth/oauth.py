@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
@@ -185,16 +185,7 @@ def post_token(
     else:
         deadline = started + timeout[1]
     try:
-        response = http_session().post(
-            request.url,
-            params=request.params or None,
-            data=request.data,
-            json=request.json,
-            headers=request.headers,
-            timeout=timeout,
-            allow_redirects=False,
-            stream=True,
-        )
+        response = _post(request, timeout)
     except requests.ConnectionError as err:
         # `from None`: the underlying message may quote the URL, and with it a query-string secret.
         sent = not isinstance(err, requests.ConnectTimeout) and _sent_before_failing(err)
@@ -217,6 +208,48 @@ def post_token(
     elapsed_ms = (time.monotonic() - started) * 1000
     logger.info("Token endpoint %s answered %s in %.0f ms", where, response.status_code, elapsed_ms)
     return _read_token_response(response, body, provider, secrets, refresh=refresh)
+
+
+def _post(request: TokenRequest, timeout: tuple[float, float]) -> requests.Response:
+    """POST a token request with this thread's session; no redirect is followed, the body is
+    left to be read (``stream``).
+
+    The session's own adapters, headers and proxy / CA settings apply. Its cookie jar (which takes
+    no cookies), its hooks and ``~/.netrc`` do not: the request is prepared here and handed to the
+    adapter, which saves a fifth of the CPU ``Session.post`` spends. A session given auth, params,
+    hooks or cookies of its own is used as usual.
+    """
+    session = http_session()
+    if session.auth or session.params or any(session.hooks.values()) or len(session.cookies):
+        return session.post(
+            request.url,
+            params=request.params or None,
+            data=request.data,
+            json=request.json,
+            headers=request.headers,
+            timeout=timeout,
+            allow_redirects=False,
+            stream=True,
+        )
+    prepared = requests.PreparedRequest()
+    prepared.prepare(
+        method="POST",
+        url=request.url,
+        headers={**session.headers, **request.headers},
+        data=request.data,
+        json=request.json,
+        params=request.params or None,
+    )
+    url = cast(str, prepared.url)
+    settings = session.merge_environment_settings(url, {}, True, None, None)
+    return session.get_adapter(url).send(
+        prepared,
+        stream=True,
+        timeout=timeout,
+        verify=True if settings["verify"] is None else settings["verify"],
+        cert=settings["cert"],
+        proxies=settings["proxies"],
+    )
 
 
 #: A token answer is a few kilobytes; more than this is not one.
