@@ -619,7 +619,9 @@ def _event(company: ConnectedCompany, kind: str, message: str, details: dict[str
     """Append to the company's history; the history must never fail what it records."""
     actor = actor if actor is not None else acting_user.get()
     try:
-        TokenEvent.objects.create(company=company, kind=kind, message=message, details=details, actor=actor)
+        TokenEvent.objects.record(
+            company_id=company.pk, kind=kind, message=message, details=details, actor=actor
+        )
     except DatabaseError:
         logger.exception("Could not record a %s event for company %s", kind, company.pk)
 
