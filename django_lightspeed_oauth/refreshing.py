@@ -36,11 +36,13 @@ from .conf import app_settings
 from .exceptions import LightspeedOAuthError
 from .models import ApiClient, ConnectedCompany
 from .tokens import (
+    EVENT_FLUSH_INTERVAL,
     FAILED,
     FRESH,
     REAUTHORIZATION_REQUIRED,
     REFRESHED,
     UNCERTAIN,
+    EventBatch,
     RefreshResult,
     in_callers_transaction,
     refresh,
@@ -374,7 +376,16 @@ def _claim_batch(
         leases.hold_claim(claim_id)
     if fetch and companies is None:
         companies = claimed_companies(batch)
-    return batch, companies or []
+    return batch, _share_clients(companies or [])
+
+
+def _share_clients(companies: list[ConnectedCompany]) -> list[ConnectedCompany]:
+    """Give the companies of a batch one API client object per client, as read with the batch, so
+    that its secret is decrypted once per batch rather than once per company."""
+    shared: dict[int, ApiClient] = {}
+    for company in companies:
+        company.client = shared.setdefault(company.client_id, company.client)
+    return companies
 
 
 def _claim(
@@ -566,8 +577,16 @@ def refresh_due(
             for company in page:
                 yield company, held
 
+    # Several workers write their token events in bulk (one query a refresh less); a single one,
+    # which may run inside the caller's transaction, writes each as it goes.
+    events = EventBatch() if workers > 1 else None
+
     def handle(company: ConnectedCompany, held: _Held | None) -> None:
-        result = _refresh_one(company, force, margin)
+        if events is None:
+            result = _refresh_one(company, force, margin)
+        else:
+            with events.collecting():
+                result = _refresh_one(company, force, margin)
         with guard:
             summary.add(result)
             report(result)
@@ -581,9 +600,11 @@ def refresh_due(
                     break
                 handle(company, held)
             return summary
-        _with_workers(workers, companies(), handle, stop)
+        _with_workers(workers, companies(), handle, stop, idle=events.flush if events else None)
         return summary
     finally:
+        if events is not None:
+            events.flush()
         # A stopped run (or an error) leaves batches half done: free them for the next sweep.
         with guard:
             unfinished = list(open_batches)
@@ -597,7 +618,10 @@ def _with_workers(
     jobs_in: Iterator[tuple[ConnectedCompany, _Held | None]],
     handle: Callable[[ConnectedCompany, _Held | None], None],
     stop: StopSignal | None,
+    idle: Callable[[], None] | None = None,
 ) -> None:
+    """Run ``handle`` on each job with ``workers`` threads; ``idle`` is called every
+    EVENT_FLUSH_INTERVAL seconds while this thread waits for them."""
     # Bounded queue: the reader never gets more than a few companies ahead of the workers.
     jobs: queue.Queue = queue.Queue(maxsize=workers * 2)
     done = object()
@@ -612,6 +636,15 @@ def _with_workers(
         finally:
             connections.close_all()
 
+    def put(job: object) -> None:
+        while True:
+            try:
+                jobs.put(job, timeout=EVENT_FLUSH_INTERVAL)
+                return
+            except queue.Full:
+                if idle is not None:
+                    idle()
+
     threads = [
         threading.Thread(target=work, name=f"lightspeed-refresh-{n}", daemon=True) for n in range(workers)
     ]
@@ -621,12 +654,15 @@ def _with_workers(
         for job in jobs_in:
             if stop is not None and stop.is_set():
                 break
-            jobs.put(job)
+            put(job)
     finally:
         for _ in threads:
-            jobs.put(done)
+            put(done)
         for thread in threads:
-            thread.join()
+            while thread.is_alive():
+                thread.join(EVENT_FLUSH_INTERVAL)
+                if idle is not None:
+                    idle()
 
 
 def refresh_batch(pks: Iterable[int], *, within: float | None = None, workers: int = 1) -> Summary:
