@@ -8,9 +8,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
 from django_lightspeed_oauth import oauth
-from django_lightspeed_oauth.providers import get_provider
+from django_lightspeed_oauth.providers import TokenRequest, get_provider
 
 
 class TokenHandler(BaseHTTPRequestHandler):
@@ -107,3 +109,82 @@ def test_no_proxy_is_honoured_per_host(monkeypatch):
     proxied = session.merge_environment_settings("https://api.lightspeedapp.com/", {}, None, None, None)
     assert "https" not in bypassed["proxies"]
     assert proxied["proxies"]["https"] == "http://proxy.internal:3128"
+
+
+# How a token request is sent ----------------------------------------------------------------------
+
+
+class RecordingHandler(TokenHandler):
+    seen: list[dict[str, str]] = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        RecordingHandler.seen.append(dict(self.headers))
+        super().do_POST()
+
+
+@pytest.fixture
+def fresh_session():
+    """This thread's token session is made again for the test, and dropped after it."""
+    oauth._local.__dict__.pop("session", None)
+    yield
+    oauth._local.__dict__.pop("session", None)
+
+
+@pytest.fixture
+def recording_server():
+    RecordingHandler.seen = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_a_token_request_takes_no_credentials_from_netrc(
+    recording_server, fresh_session, tmp_path, monkeypatch
+):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password not-for-lightspeed\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    request = TokenRequest(url=recording_server + "/oauth/token", data={"grant_type": "refresh_token"})
+    response = oauth._post(request, (5, 5))
+    assert response.status_code == 200
+    response.close()
+    [headers] = RecordingHandler.seen
+    assert "Authorization" not in headers
+    assert headers["User-Agent"] == oauth.USER_AGENT
+    assert headers["Content-Type"] == "application/x-www-form-urlencoded"
+
+
+def test_a_token_request_goes_through_the_proxy_of_the_environment(fresh_session, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    sent = {}
+
+    def send(adapter, request, **kwargs):
+        sent.update(kwargs, url=request.url, headers=dict(request.headers))
+        raise requests.ConnectionError("stop here")
+
+    monkeypatch.setattr(HTTPAdapter, "send", send)
+    request = TokenRequest(
+        url="https://token.example.com/oauth/token", params={"a": "b"}, headers={"Accept": "x/y"}
+    )
+    with pytest.raises(requests.ConnectionError):
+        oauth._post(request, (3, 7))
+    assert sent["proxies"]["https"] == "http://proxy.internal:3128"
+    assert sent["stream"] is True and sent["timeout"] == (3, 7)
+    assert sent["url"] == "https://token.example.com/oauth/token?a=b"
+    assert sent["headers"]["Accept"] == "x/y"
+
+
+def test_a_session_given_hooks_of_its_own_sends_as_usual(recording_server, fresh_session):
+    heard = []
+    oauth.http_session().hooks["response"].append(
+        lambda response, **kwargs: heard.append(response.status_code)
+    )
+    response = oauth._post(TokenRequest(url=recording_server + "/oauth/token", data={"x": "y"}), (5, 5))
+    response.close()
+    assert heard == [200]
