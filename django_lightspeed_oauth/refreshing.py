@@ -399,22 +399,33 @@ def _claim(
 ) -> tuple[list[int], list[ConnectedCompany] | None]:
     """Mark a batch; its primary keys, and its companies where reading them back gave them."""
     alias = manager.db
+    nothing: tuple[list[int], list[ConnectedCompany] | None] = ([], [] if fetch else None)
     if features.has_select_for_update_skip_locked:
         # PostgreSQL, MariaDB 10.6+, MySQL 8: rows another sweep is claiming right now are skipped,
         # not waited for; the short transaction ends before any refresh starts.
         with transaction.atomic(using=alias):
-            pks = list(candidates.select_for_update(skip_locked=True)[:size])
-            if pks:
+            locking = candidates.select_for_update(skip_locked=True)[:size]
+            if features.allow_sliced_subqueries_with_in:
+                # PostgreSQL: one statement chooses, locks and marks the batch.
+                if not manager.filter(pk__in=locking).update(**claimed):
+                    return nothing
+            else:
+                pks = list(locking)
+                if not pks:
+                    return nothing
                 manager.filter(pk__in=pks).update(**claimed)
-        return pks, None
-    if features.allow_sliced_subqueries_with_in:
+                if not fetch:
+                    return pks, None
+    elif features.allow_sliced_subqueries_with_in:
         # SQLite: one statement chooses and marks the batch; SQLite runs writes one at a time.
-        manager.filter(pk__in=candidates[:size]).update(**claimed)
+        if not manager.filter(pk__in=candidates[:size]).update(**claimed):
+            return nothing
     else:
         # Older MySQL/MariaDB: the claim is conditional on the batch still being free.
         chosen = list(candidates[:size])
         free = Q(sweep_claim_until__isnull=True) | Q(sweep_claim_until__lt=Now())
-        manager.filter(pk__in=chosen).filter(free).update(**claimed)
+        if not chosen or not manager.filter(pk__in=chosen).filter(free).update(**claimed):
+            return nothing
     mine = manager.filter(sweep_claim_id=claim_id).order_by("pk")
     if fetch:
         # The read-back that says what was claimed brings the companies along.

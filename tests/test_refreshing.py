@@ -8,9 +8,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from django_lightspeed_oauth import refreshing
 from django_lightspeed_oauth.conf import app_settings
 from django_lightspeed_oauth.exceptions import ConfigurationError
 from django_lightspeed_oauth.models import ConnectedCompany
@@ -42,6 +45,50 @@ def test_two_claims_take_disjoint_batches_of_due_companies_only():
     assert set(claims()) == set(second.pks)
     # Released companies may be claimed again at once.
     assert claim_batch(size=10, renew=False).pks == first.pks
+
+
+def test_a_sweep_claims_a_batch_and_reads_it_back_in_few_queries():
+    client = make_client()
+    due = [make_company(client, expires_in=60).pk for _ in range(4)]
+    with CaptureQueriesContext(connection) as queries:
+        batch, companies = refreshing._claim_batch(
+            size=3,
+            within=None,
+            clients=(),
+            company_ids=(),
+            force=False,
+            after=0,
+            pks=None,
+            renew=False,
+            fetch=True,
+            client_pks=[client.pk],
+        )
+    assert batch.pks == [c.pk for c in companies] == due[:3]
+    assert companies[0].client is companies[2].client  # one client object per batch
+    # PostgreSQL: one UPDATE that picks, locks (SKIP LOCKED) and marks; SQLite: one UPDATE; then
+    # the read-back. MariaDB/MySQL cannot use LIMIT in the subquery: a locking SELECT first.
+    writes = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(writes) == 1, writes
+    assert len([q for q in queries if q["sql"].startswith(("SELECT", "UPDATE"))]) == (
+        3 if connection.vendor == "mysql" else 2
+    )
+    if connection.vendor == "postgresql":
+        assert "FOR UPDATE SKIP LOCKED" in writes[0]
+    with CaptureQueriesContext(connection) as queries:
+        empty, none = refreshing._claim_batch(
+            size=3,
+            within=None,
+            clients=(),
+            company_ids=(),
+            force=False,
+            after=due[-1],
+            pks=None,
+            renew=False,
+            fetch=True,
+            client_pks=[client.pk],
+        )
+    assert not empty and none == []
+    assert len([q for q in queries if q["sql"].startswith(("SELECT", "UPDATE"))]) == 1  # no read-back
 
 
 def test_a_claim_that_ran_out_may_be_taken_by_another_sweep():
