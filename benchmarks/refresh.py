@@ -14,7 +14,8 @@ What it does, in one run:
    companies, as copies of the refresh command do) and measures wall time, refreshes per
    second, efficiency = (N x latency / (workers x processes)) / wall time (1.0: the pools are
    as fast as the token server lets them be), the CPU time of the refreshing processes per
-   refresh (every thread counted, the lease keeper's too),
+   refresh (every thread counted, the lease keeper's too), how busy the machine's cores were
+   (every process: what bounds several processes on a machine with few cores),
    database queries per refresh (every connection of every thread counted), attempts to take a
    company's lease per refresh, and peak RSS (the largest refreshing process);
 4. refreshes the same tokens (the new ones) with a plain sequential loop over requests-oauthlib's
@@ -264,6 +265,18 @@ class LockAttempts:
             setattr(ConnectedCompanyQuerySet, name, counted)
 
 
+def machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, every core (Linux only)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -442,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.processes < 1:
             raise SystemExit("--processes must be at least 1")
         rss_before = rss_mb()
+        machine_before = machine_cpu()
         ours = run_ours(args.workers, args.processes)
+        machine_after = machine_cpu()
         wall = ours.wall
         stats = server_stats(server_url)
         latency = args.latency_ms / 1000
@@ -461,6 +476,14 @@ def main(argv: list[str] | None = None) -> int:
             f"RSS {rss_before:.1f} MB before, {ours.peak_rss:.1f} MB peak",
             flush=True,
         )
+        if machine_before and machine_after:
+            busy = machine_after[0] - machine_before[0]
+            total = machine_after[1] - machine_before[1]
+            print(
+                f"machine: {os.cpu_count()} cores, busy {100 * busy / max(total, 1e-9):.0f}% of the time "
+                f"(every process: ours, the token server, the database)",
+                flush=True,
+            )
         print(
             f"token server: {stats['refreshes']} refreshes, {stats['invalid_grants']} "
             f"invalid_grant, max {stats['max_in_flight']} in flight",
