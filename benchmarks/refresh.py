@@ -273,6 +273,7 @@ def machine_cpu() -> tuple[float, float] | None:
     except (OSError, ValueError):
         return None
     tick = os.sysconf("SC_CLK_TCK")
+    fields = fields[:8]  # user .. steal; guest time is already counted in user and nice
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
     return (sum(fields) - idle) / tick, sum(fields) / tick
 

@@ -1175,7 +1175,9 @@ class TokenEventQuerySet(models.QuerySet["TokenEvent"]):
 
 def _insert_sql(instance: models.Model, fields: list[models.Field], alias: str) -> str:
     """The INSERT of ``instance``'s ``fields``, when each of them is one plain parameter (else "")."""
-    if any(hasattr(field, "get_placeholder") for field in fields):
+    # A field that makes its own placeholder (get_placeholder, Django 6.1's get_placeholder_sql)
+    # may make it from the value: such a statement is not the same for every event.
+    if any(hasattr(field, "get_placeholder") or hasattr(field, "get_placeholder_sql") for field in fields):
         return ""
     query = InsertQuery(type(instance))
     query.insert_values(fields, [instance])

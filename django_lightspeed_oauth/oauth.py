@@ -16,12 +16,15 @@ import re
 import threading
 import time
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any, cast
 from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 from django.views.decorators.debug import sensitive_variables
 from requests.adapters import HTTPAdapter
+from requests.sessions import merge_setting
+from requests.structures import CaseInsensitiveDict
 from urllib3.util.retry import Retry
 
 from . import __version__
@@ -210,23 +213,35 @@ def post_token(
     return _read_token_response(response, body, provider, secrets, refresh=refresh)
 
 
+def _no_netrc(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """An auth that adds nothing: given to requests, it stops it reading ``~/.netrc``."""
+    return request
+
+
 def _post(request: TokenRequest, timeout: tuple[float, float]) -> requests.Response:
     """POST a token request with this thread's session; no redirect is followed, the body is
-    left to be read (``stream``).
+    left to be read (``stream``), ``~/.netrc`` is never read.
 
-    The session's own adapters, headers and proxy / CA settings apply. Its cookie jar (which takes
-    no cookies), its hooks and ``~/.netrc`` do not: the request is prepared here and handed to the
-    adapter, which saves a fifth of the CPU ``Session.post`` spends. A session given auth, params,
-    hooks or cookies of its own is used as usual.
+    The session's own adapters, headers and proxy / CA settings apply; its cookie jar (which takes
+    no cookies) is left out: the request is prepared here and handed to the adapter, which saves a
+    fifth of the CPU ``Session.post`` spends. A session given auth, params, hooks or cookies of its
+    own, or a ``Session.send`` wrapped by tracing (OpenTelemetry, ddtrace), is used as usual.
     """
     session = http_session()
-    if session.auth or session.params or any(session.hooks.values()) or len(session.cookies):
+    if (
+        session.auth
+        or session.params
+        or any(session.hooks.values())
+        or len(session.cookies)
+        or hasattr(requests.Session.send, "__wrapped__")
+    ):
         return session.post(
             request.url,
             params=request.params or None,
             data=request.data,
             json=request.json,
             headers=request.headers,
+            auth=None if session.auth else _no_netrc,
             timeout=timeout,
             allow_redirects=False,
             stream=True,
@@ -235,14 +250,16 @@ def _post(request: TokenRequest, timeout: tuple[float, float]) -> requests.Respo
     prepared.prepare(
         method="POST",
         url=request.url,
-        headers={**session.headers, **request.headers},
+        # As Session.post merges them: the request's win, and one set to None is left out.
+        headers=merge_setting(request.headers, session.headers, dict_class=CaseInsensitiveDict),
         data=request.data,
         json=request.json,
         params=request.params or None,
     )
     url = cast(str, prepared.url)
     settings = session.merge_environment_settings(url, {}, True, None, None)
-    return session.get_adapter(url).send(
+    started = time.perf_counter()
+    response = session.get_adapter(url).send(
         prepared,
         stream=True,
         timeout=timeout,
@@ -250,6 +267,8 @@ def _post(request: TokenRequest, timeout: tuple[float, float]) -> requests.Respo
         cert=settings["cert"],
         proxies=settings["proxies"],
     )
+    response.elapsed = timedelta(seconds=time.perf_counter() - started)
+    return response
 
 
 #: A token answer is a few kilobytes; more than this is not one.

@@ -611,11 +611,12 @@ def refresh_due(
                     break
                 handle(company, held)
             return summary
-        _with_workers(workers, companies(), handle, stop, idle=events.flush if events else None)
+        idle = (lambda: events.flush(older_than=EVENT_FLUSH_INTERVAL)) if events else None
+        _with_workers(workers, companies(), handle, stop, idle=idle)
         return summary
     finally:
         if events is not None:
-            events.flush()
+            events.close()
         # A stopped run (or an error) leaves batches half done: free them for the next sweep.
         with guard:
             unfinished = list(open_batches)
@@ -631,8 +632,8 @@ def _with_workers(
     stop: StopSignal | None,
     idle: Callable[[], None] | None = None,
 ) -> None:
-    """Run ``handle`` on each job with ``workers`` threads; ``idle`` is called every
-    EVENT_FLUSH_INTERVAL seconds while this thread waits for them."""
+    """Run ``handle`` on each job with ``workers`` threads; ``idle`` is called after each job
+    handed out, and every EVENT_FLUSH_INTERVAL seconds while this thread waits for them."""
     # Bounded queue: the reader never gets more than a few companies ahead of the workers.
     jobs: queue.Queue = queue.Queue(maxsize=workers * 2)
     done = object()
@@ -651,10 +652,13 @@ def _with_workers(
         while True:
             try:
                 jobs.put(job, timeout=EVENT_FLUSH_INTERVAL)
-                return
+                placed = True
             except queue.Full:
-                if idle is not None:
-                    idle()
+                placed = False
+            if idle is not None:
+                idle()
+            if placed:
+                return
 
     threads = [
         threading.Thread(target=work, name=f"lightspeed-refresh-{n}", daemon=True) for n in range(workers)

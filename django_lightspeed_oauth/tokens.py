@@ -27,14 +27,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
-from django.db import (
-    DatabaseError,
-    IntegrityError,
-    InterfaceError,
-    OperationalError,
-    connections,
-    router,
-)
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router
 from django.db.models import signals as model_signals
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
@@ -513,8 +506,8 @@ def _client_refused(company: ConnectedCompany, err: InvalidClient, lock_id: str)
     now = timezone.now()
     ConnectedCompany.objects.release_lease(company.pk, lock_id=lock_id, last_error=err.message)
     ApiClient.objects.filter(pk=client.pk).update(credentials_refused_at=now, credentials_error=err.message)
+    client.credentials_error = err.message  # before the time: other threads test the time
     client.credentials_refused_at = now
-    client.credentials_error = err.message
     company.last_error = err.message
     logger.error("API client %s: Lightspeed refused its credentials: %s", client.slug, err.message)
     _event(
@@ -642,51 +635,57 @@ class EventBatch:
     """Token events written ``size`` at a time, in one INSERT, rather than one INSERT each.
 
     A sweep with several workers collects the events of its refreshes here (see
-    :meth:`collecting`): a query less per refresh. The thread that adds the ``size``-th event
-    writes them; the sweep writes the rest while it waits for its workers (every
-    :data:`EVENT_FLUSH_INTERVAL` seconds) and when it ends. The tokens are stored before their
-    event is collected, as before; a process killed outright loses the events it had not written
-    yet (at most ``size``, or those of its last moments), never tokens. Where ``pre_save`` or
-    ``post_save`` receivers listen for token events, each is saved on its own, so that they hear
-    of it.
+    :meth:`collecting`): a query less per refresh. Collected events are written when ``size`` of
+    them are waiting, or when the oldest has waited :data:`EVENT_FLUSH_INTERVAL` seconds (checked
+    as events come in, and by the sweep while it hands out work and waits for its workers), and
+    when the sweep ends (:meth:`close`; an event that comes later is written at once). The tokens
+    are stored before their event is collected, as before; a process killed outright loses the
+    events of its last half second or so, never tokens. Where ``pre_save`` or ``post_save``
+    receivers listen for token events, each is saved on its own, so that they hear of it.
     """
 
     def __init__(self, size: int = 100) -> None:
         self.size = size
         self._lock = threading.Lock()
         self._pending: list[TokenEvent] = []
+        self._since = 0.0  # monotonic time the oldest pending event was added
+        self._closed = False
 
     def add(self, event: TokenEvent) -> None:
-        if model_signals.pre_save.has_listeners(TokenEvent) or model_signals.post_save.has_listeners(
+        listened = model_signals.pre_save.has_listeners(TokenEvent) or model_signals.post_save.has_listeners(
             TokenEvent
-        ):
-            _save_each([event])
-            return
+        )
+        due = False
         with self._lock:
-            self._pending.append(event)
-            full = len(self._pending) >= self.size
-        if full:
+            collect = not (listened or self._closed)
+            if collect:
+                if not self._pending:
+                    self._since = time.monotonic()
+                self._pending.append(event)
+                due = len(self._pending) >= self.size or self._waited(EVENT_FLUSH_INTERVAL)
+        if not collect:
+            _save_each([event])
+        elif due:
             self.flush()
 
-    def flush(self) -> None:
-        """Write the events collected so far."""
+    def _waited(self, seconds: float) -> bool:
+        return bool(self._pending) and time.monotonic() - self._since >= seconds
+
+    def flush(self, older_than: float | None = None) -> None:
+        """Write the events collected so far; with ``older_than``, only if the oldest of them has
+        waited that many seconds."""
         with self._lock:
+            if older_than is not None and not self._waited(older_than):
+                return
             events, self._pending = self._pending, []
         if events:
-            self._write(events)
+            _write_events(events)
 
-    def _write(self, events: list[TokenEvent]) -> None:
-        try:
-            _retrying(
-                lambda: len(TokenEvent.objects.bulk_create(events)),
-                seconds=app_settings.LOCK_TIMEOUT / 2,
-                what="recording token events",
-                company_pk=events[0].company_id,
-            )
-        except IntegrityError:
-            _save_each(events)  # a company deleted since its refresh: the others are written
-        except DatabaseError:
-            logger.exception("Could not record %s token events", len(events))
+    def close(self) -> None:
+        """Write what was collected; events added after this are written at once."""
+        with self._lock:
+            self._closed = True
+        self.flush()
 
     @contextmanager
     def collecting(self) -> Iterator[None]:
@@ -698,6 +697,21 @@ class EventBatch:
             _event_batch.reset(token)
 
 
+def _write_events(events: list[TokenEvent]) -> None:
+    """One INSERT for ``events``; if it fails, each on its own (a company deleted since its
+    refresh, a busy database), so that one bad event does not take the others with it."""
+    try:
+        TokenEvent.objects.bulk_create(events)
+    except Exception as err:  # the history must never fail what it records
+        logger.warning(
+            "Could not record %s token events at once (%s); one by one", len(events), type(err).__name__
+        )
+        connection = connections[router.db_for_write(TokenEvent)]
+        if not connection.in_atomic_block:
+            connection.close()  # a broken connection is replaced
+        _save_each(events)
+
+
 def _save_each(events: list[TokenEvent]) -> None:
     """Save each event on its own (``post_save`` receivers hear of it); one that cannot be
     written does not stop the others."""
@@ -705,8 +719,8 @@ def _save_each(events: list[TokenEvent]) -> None:
         event.pk, event._state.adding = None, True  # a failed bulk INSERT may have numbered it
         try:
             event.save(force_insert=True)
-        except DatabaseError:
-            logger.warning("Could not record a %s event for company %s", event.kind, event.company_id)
+        except Exception:
+            logger.exception("Could not record a %s event for company %s", event.kind, event.company_id)
 
 
 #: Seconds a sweep waiting for its workers lets collected events wait before it writes them.

@@ -221,3 +221,37 @@ def test_a_refresh_runs_three_compiled_statements():
     assert [c.sql is not None for c in _compiled("take_lease")] == [True]
     assert [c.sql is not None for c in _compiled("store_refreshed")] == [True]
     assert models._compiled_event_inserts[connection.alias]
+
+
+def test_stores_of_every_shape_in_turn_each_write_what_the_orm_writes(monkeypatch):
+    """The compiled statements stay cached between stores of different shapes (a None expiry, new
+    scopes or not): each shape must get its own statement."""
+    now = timezone.now().replace(microsecond=654321)
+    shapes = [
+        {"expires_at": now + timedelta(hours=1), "refresh_expires_at": None},
+        {"expires_at": None, "refresh_expires_at": now + timedelta(days=1), "granted_scopes": "a b"},
+        {"expires_at": now + timedelta(hours=2), "refresh_expires_at": now + timedelta(days=2)},
+        {"expires_at": None, "refresh_expires_at": None, "granted_scopes": "c"},
+        {"expires_at": now + timedelta(hours=3), "refresh_expires_at": None},
+    ]
+    for n, shape in enumerate(shapes):
+        stored = {"access_token": f"a-{n}", "refresh_token": f"r-{n}", "token_type": "bearer", **shape}
+        compiled_company = make_company(expires_in=60, company_id=f"compiled-{n}")
+        orm_company = make_company(expires_in=60, company_id=f"orm-{n}")
+        _leased(compiled_company, f"{n}".ljust(32, "c"))
+        _leased(orm_company, f"{n}".ljust(32, "o"))
+        assert ConnectedCompany.objects.store_refreshed(
+            compiled_company.pk, lock_id=f"{n}".ljust(32, "c"), values=stored
+        )
+        with monkeypatch.context() as patched:
+            _through_the_orm(patched)
+            assert ConnectedCompany.objects.store_refreshed(
+                orm_company.pk, lock_id=f"{n}".ljust(32, "o"), values=stored
+            )
+        assert _state(compiled_company) == _state(orm_company), shape
+        assert (
+            compiled_company.access_token == f"a-{n}" and compiled_company.expires_at == shape["expires_at"]
+        )
+    # Four shapes (the last repeats the first), each compiled once.
+    assert len(_compiled("store_refreshed")) == 4
+    assert all(c.sql is not None for c in _compiled("store_refreshed"))

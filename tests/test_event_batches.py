@@ -172,3 +172,56 @@ def test_an_event_of_a_deleted_company_does_not_take_the_others_with_it():
     ConnectedCompany.objects.filter(pk=gone.pk).delete()
     batch.flush()
     assert list(TokenEvent.objects.values_list("company_id", "message")) == [(kept.pk, "kept")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_are_written_every_half_second_while_the_sweep_hands_out_work():
+    """A steady sweep that never gathers 100 events still writes them as it goes."""
+    client = make_client()
+    companies = [make_company(client, expires_in=60) for _ in range(16)]
+    fake = SlowForAll(client)
+    fake.slow_for = EVENT_FLUSH_INTERVAL / 2
+    seen: list[tuple[int, int]] = []  # (refreshed, with their event) while the sweep ran
+    finished = threading.Event()
+
+    def sweep() -> None:
+        try:
+            refresh_due(workers=2)
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+            finished.set()
+
+    with fake:
+        thread = threading.Thread(target=sweep)
+        thread.start()
+        while not finished.wait(0.1):
+            refreshed = ConnectedCompany.objects.filter(token_version=1).count()
+            seen.append((refreshed, _refreshed_events()))
+        thread.join()
+    assert _refreshed_events() == 16
+    # Half way through (8 of 16 refreshed, some 2 seconds in), most of them have their event.
+    halfway = [events for refreshed, events in seen if refreshed >= len(companies) // 2 and refreshed < 16]
+    assert halfway and max(halfway) >= 4, seen
+
+
+class SlowForAll(FakeTokenEndpoint):
+    slow_for = 0.0
+
+    def _answer(self, request):
+        time.sleep(self.slow_for)
+        return super()._answer(request)
+
+
+@pytest.mark.django_db
+def test_an_event_added_after_the_batch_closed_is_written_at_once():
+    company = make_company(expires_in=60)
+    batch = EventBatch(size=10)
+    with batch.collecting():
+        tokens._event(company, TokenEvent.Kind.REFRESHED, "before", {})
+        assert TokenEvent.objects.count() == 0
+        batch.close()
+        assert TokenEvent.objects.count() == 1
+        tokens._event(company, TokenEvent.Kind.REFRESHED, "after", {})  # a worker that ran late
+        assert TokenEvent.objects.count() == 2

@@ -158,7 +158,10 @@ def test_a_token_request_takes_no_credentials_from_netrc(
     assert headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
-def test_a_token_request_goes_through_the_proxy_of_the_environment(fresh_session, monkeypatch):
+def test_a_token_request_goes_through_the_proxy_of_the_environment(fresh_session, monkeypatch, tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
@@ -175,6 +178,7 @@ def test_a_token_request_goes_through_the_proxy_of_the_environment(fresh_session
     with pytest.raises(requests.ConnectionError):
         oauth._post(request, (3, 7))
     assert sent["proxies"]["https"] == "http://proxy.internal:3128"
+    assert sent["verify"] == str(bundle) and sent["cert"] is None
     assert sent["stream"] is True and sent["timeout"] == (3, 7)
     assert sent["url"] == "https://token.example.com/oauth/token?a=b"
     assert sent["headers"]["Accept"] == "x/y"
@@ -188,3 +192,37 @@ def test_a_session_given_hooks_of_its_own_sends_as_usual(recording_server, fresh
     response = oauth._post(TokenRequest(url=recording_server + "/oauth/token", data={"x": "y"}), (5, 5))
     response.close()
     assert heard == [200]
+
+
+def test_a_request_header_set_to_none_is_left_out_as_session_post_does(recording_server, fresh_session):
+    request = TokenRequest(
+        url=recording_server + "/oauth/token", data={"x": "y"}, headers={"User-Agent": None}
+    )
+    response = oauth._post(request, (5, 5))
+    response.close()
+    assert response.elapsed.total_seconds() > 0
+    [headers] = RecordingHandler.seen
+    assert headers.get("User-Agent") != oauth.USER_AGENT  # ours left out (urllib3 may add its own)
+
+
+def test_a_traced_session_send_is_used_and_netrc_still_unread(
+    recording_server, fresh_session, tmp_path, monkeypatch
+):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password not-for-lightspeed\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    original = requests.Session.send
+    traced = []
+
+    def send(self, request, **kwargs):
+        traced.append(request.url)
+        return original(self, request, **kwargs)
+
+    send.__wrapped__ = original  # what functools.wraps and wrapt leave on a tracing wrapper
+    monkeypatch.setattr(requests.Session, "send", send)
+    response = oauth._post(TokenRequest(url=recording_server + "/oauth/token", data={"x": "y"}), (5, 5))
+    response.close()
+    assert traced == [recording_server + "/oauth/token"]
+    [headers] = RecordingHandler.seen
+    assert "Authorization" not in headers
