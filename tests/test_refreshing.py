@@ -47,22 +47,26 @@ def test_two_claims_take_disjoint_batches_of_due_companies_only():
     assert claim_batch(size=10, renew=False).pks == first.pks
 
 
+def _claim_with_companies(client_pk: int, after: int = 0):
+    return refreshing._claim_batch(
+        size=3,
+        within=None,
+        clients=(),
+        company_ids=(),
+        force=False,
+        after=after,
+        pks=None,
+        renew=False,
+        fetch=True,
+        client_pks=[client_pk],
+    )
+
+
 def test_a_sweep_claims_a_batch_and_reads_it_back_in_few_queries():
     client = make_client()
     due = [make_company(client, expires_in=60).pk for _ in range(4)]
     with CaptureQueriesContext(connection) as queries:
-        batch, companies = refreshing._claim_batch(
-            size=3,
-            within=None,
-            clients=(),
-            company_ids=(),
-            force=False,
-            after=0,
-            pks=None,
-            renew=False,
-            fetch=True,
-            client_pks=[client.pk],
-        )
+        batch, companies = _claim_with_companies(client.pk)
     assert batch.pks == [c.pk for c in companies] == due[:3]
     assert companies[0].client is companies[2].client  # one client object per batch
     # PostgreSQL: one UPDATE that picks, locks (SKIP LOCKED) and marks; SQLite: one UPDATE; then
@@ -75,18 +79,7 @@ def test_a_sweep_claims_a_batch_and_reads_it_back_in_few_queries():
     if connection.vendor == "postgresql":
         assert "FOR UPDATE SKIP LOCKED" in writes[0]
     with CaptureQueriesContext(connection) as queries:
-        empty, none = refreshing._claim_batch(
-            size=3,
-            within=None,
-            clients=(),
-            company_ids=(),
-            force=False,
-            after=due[-1],
-            pks=None,
-            renew=False,
-            fetch=True,
-            client_pks=[client.pk],
-        )
+        empty, none = _claim_with_companies(client.pk, after=due[-1])
     assert not empty and none == []
     assert len([q for q in queries if q["sql"].startswith(("SELECT", "UPDATE"))]) == 1  # no read-back
 
