@@ -581,11 +581,18 @@ class CallbackView(FlowViewMixin, View):
         return auth_request
 
     def consume(self, auth_request: AuthorizationRequest, **values: Any) -> None:
-        """Mark the request used, exactly once; a second callback with the same state loses."""
+        """Mark the request used, exactly once; a second callback with the same state loses.
+
+        Nothing is spent yet (the code is exchanged after this), and a conditional UPDATE that
+        failed changed nothing: a busy SQLite file or a lost connection is retried.
+        """
         now = timezone.now()
-        won = AuthorizationRequest.objects.filter(
-            pk=auth_request.pk, used_at__isnull=True, expires_at__gt=now
-        ).update(used_at=now, **values)
+        won = _retry_busy_database(
+            lambda: AuthorizationRequest.objects.filter(
+                pk=auth_request.pk, used_at__isnull=True, expires_at__gt=now
+            ).update(used_at=now, **values),
+            "consuming an authorization request",
+        )
         if not won:
             raise FlowError(
                 _("Link already used"),

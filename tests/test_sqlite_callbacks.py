@@ -255,6 +255,34 @@ def test_a_locked_database_is_retried_from_the_tokens_in_memory(
     assert caplog.text.count("Database error while storing the company connected") == 2
 
 
+@pytest.mark.django_db(transaction=True)  # the view's own transactions, as in production
+def test_a_locked_database_while_consuming_the_state_is_retried(
+    staff_client, mocked, api_client, monkeypatch
+):
+    """The first write of a callback (the state marked used, before the code is exchanged) meets
+    "database is locked" as the store can: it is retried, and the connection completes."""
+    from django.db import OperationalError
+    from django.db.models import QuerySet
+
+    from django_lightspeed_oauth.models import AuthorizationRequest, ConnectedCompany
+
+    original = QuerySet.update
+    failures: list[int] = []
+
+    def update(self: Any, **kwargs: Any) -> int:
+        if self.model is AuthorizationRequest and "used_at" in kwargs and len(failures) < 2:
+            failures.append(1)
+            raise OperationalError("database is locked")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(QuerySet, "update", update)
+    response = _callback_with_spent_code(staff_client, mocked, api_client)
+
+    assert response.status_code == 200 and len(failures) == 2
+    assert ConnectedCompany.objects.get().access_token == "AT-1"
+    assert AuthorizationRequest.objects.get().outcome == AuthorizationRequest.Outcome.CONNECTED
+
+
 @pytest.mark.django_db  # the whole test inside a transaction: the caller's, which a failure spoils
 def test_inside_the_callers_transaction_the_store_is_not_retried(
     staff_client, mocked, api_client, monkeypatch
