@@ -11,7 +11,7 @@ import time
 from urllib.parse import parse_qsl
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.db.backends.signals import connection_created
 from django.db.models.signals import post_save
 from django.test.utils import CaptureQueriesContext
@@ -114,6 +114,22 @@ def test_post_save_receivers_hear_of_each_event_of_a_sweep():
     assert len(heard) == 6 == _refreshed_events()
 
 
+def _sweep_in_background(workers: int) -> tuple[threading.Thread, threading.Event]:
+    """Start refresh_due in a thread; the event is set when it has returned."""
+    finished = threading.Event()
+
+    def sweep() -> None:
+        try:
+            refresh_due(workers=workers)
+        finally:
+            connections.close_all()
+            finished.set()
+
+    thread = threading.Thread(target=sweep)
+    thread.start()
+    return thread, finished
+
+
 class SlowForOne(FakeTokenEndpoint):
     """Answers at once, except for one refresh token, whose answer takes ``slow_for`` seconds."""
 
@@ -137,20 +153,8 @@ def test_events_are_written_while_a_slow_refresh_holds_up_the_sweep():
     quick = make_company(client, expires_in=60)
     fake = SlowForOne(client)
     fake.slow_token, fake.slow_for = slow.refresh_token, EVENT_FLUSH_INTERVAL * 8
-    finished = threading.Event()
-
-    def sweep() -> None:
-        try:
-            refresh_due(workers=2)
-        finally:
-            from django.db import connections
-
-            connections.close_all()
-            finished.set()
-
     with fake:
-        thread = threading.Thread(target=sweep)
-        thread.start()
+        thread, finished = _sweep_in_background(workers=2)
         deadline = time.monotonic() + EVENT_FLUSH_INTERVAL * 6
         while not TokenEvent.objects.filter(company_id=quick.pk).exists():
             assert time.monotonic() < deadline, "the quick refresh's event was not written in time"
@@ -182,20 +186,8 @@ def test_events_are_written_every_half_second_while_the_sweep_hands_out_work():
     fake = SlowForAll(client)
     fake.slow_for = EVENT_FLUSH_INTERVAL / 2
     seen: list[tuple[int, int]] = []  # (refreshed, with their event) while the sweep ran
-    finished = threading.Event()
-
-    def sweep() -> None:
-        try:
-            refresh_due(workers=2)
-        finally:
-            from django.db import connections
-
-            connections.close_all()
-            finished.set()
-
     with fake:
-        thread = threading.Thread(target=sweep)
-        thread.start()
+        thread, finished = _sweep_in_background(workers=2)
         while not finished.wait(0.1):
             refreshed = ConnectedCompany.objects.filter(token_version=1).count()
             seen.append((refreshed, _refreshed_events()))

@@ -141,13 +141,16 @@ def recording_server():
     httpd.shutdown()
 
 
-def test_a_token_request_takes_no_credentials_from_netrc(
-    recording_server, fresh_session, tmp_path, monkeypatch
-):
+@pytest.fixture
+def netrc_for_local(tmp_path, monkeypatch):
+    """A ~/.netrc (by NETRC) with credentials for 127.0.0.1, which requests would send."""
     netrc = tmp_path / "netrc"
     netrc.write_text("machine 127.0.0.1 login someone password not-for-lightspeed\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
+
+
+def test_a_token_request_takes_no_credentials_from_netrc(recording_server, fresh_session, netrc_for_local):
     request = TokenRequest(url=recording_server + "/oauth/token", data={"grant_type": "refresh_token"})
     response = oauth._post(request, (5, 5))
     assert response.status_code == 200
@@ -206,12 +209,8 @@ def test_a_request_header_set_to_none_is_left_out_as_session_post_does(recording
 
 
 def test_a_traced_session_send_is_used_and_netrc_still_unread(
-    recording_server, fresh_session, tmp_path, monkeypatch
+    recording_server, fresh_session, netrc_for_local, monkeypatch
 ):
-    netrc = tmp_path / "netrc"
-    netrc.write_text("machine 127.0.0.1 login someone password not-for-lightspeed\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("NETRC", str(netrc))
     original = requests.Session.send
     traced = []
 
