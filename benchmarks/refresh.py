@@ -245,7 +245,8 @@ class QueryCounter:
 
 
 class LockAttempts:
-    """Counts the statements that try to take a company's lease (a free one or one taken over)."""
+    """Counts the attempts to take a company's lease: each statement that tries to take one (a
+    free one or one taken over), and each company a sweep's batch lease took."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -263,6 +264,16 @@ class LockAttempts:
                 return _original(queryset, *args, **kwargs)
 
             setattr(ConnectedCompanyQuerySet, name, counted)
+
+        leased = ConnectedCompanyQuerySet.lease_batch
+
+        def counted_rows(queryset, *args, **kwargs):
+            taken = leased(queryset, *args, **kwargs)
+            with self._lock:
+                self.total += taken
+            return taken
+
+        ConnectedCompanyQuerySet.lease_batch = counted_rows  # type: ignore[method-assign]
 
 
 def machine_cpu() -> tuple[float, float] | None:

@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import F, Q
 from django.db.models import signals as model_signals
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Cast, Coalesce, Concat, Now
 from django.db.models.sql.subqueries import InsertQuery, UpdateQuery
 from django.urls import reverse
 from django.utils import timezone
@@ -316,7 +316,17 @@ def _seconds(value: float) -> timedelta:
     return timedelta(seconds=float(value))
 
 
-def _leased(lock_id: str, lease: float) -> dict[str, Any]:
+#: Characters of a batch lease's lock id before the company's primary key (a BigAutoField key has
+#: up to 19 digits: the two fit refresh_lock_id's 32).
+BATCH_LOCK_PREFIX_LENGTH = 13
+
+
+def batch_lock_id(prefix: str, pk: int) -> str:
+    """The lock id :meth:`ConnectedCompanyQuerySet.lease_batch` gives company ``pk``."""
+    return f"{prefix}{pk}"
+
+
+def _leased(lock_id: str | models.Expression, lease: float) -> dict[str, Any]:
     return {
         "refresh_lock_id": lock_id,
         "refresh_lock_until": Now() + _seconds(lease),
@@ -485,6 +495,37 @@ class ConnectedCompanyQuerySet(models.QuerySet):
             # stops us too.
             query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
         return _Update(query, _leased(lock_id, lease))
+
+    def lease_batch(self, claim_id: str, *, prefix: str, lease: float, force: bool) -> int:
+        """Take, in one statement, the free lease of each company of the sweep batch ``claim_id``
+        that :meth:`take_lease` would lease now; each under its own lock id, ``prefix`` followed by
+        its primary key (:func:`batch_lock_id`). Returns how many were leased; read the rows back
+        to see which (the others are held elsewhere, or changed since the batch was claimed)."""
+        if not prefix or len(prefix) > BATCH_LOCK_PREFIX_LENGTH:
+            raise ValueError(f"prefix must have 1 to {BATCH_LOCK_PREFIX_LENGTH} characters")
+        statuses = [ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING]
+        if force:
+            statuses.append(ConnectedCompany.Status.UNCERTAIN)
+        query = self.filter(sweep_claim_id=claim_id, status__in=statuses).filter(_lock_free())
+        if not force:
+            query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        lock_ids = Concat(models.Value(prefix), Cast("pk", output_field=models.CharField()))
+        return query.update(**_leased(lock_ids, lease))
+
+    def renew_batch_leases(self, claim_id: str, *, prefix: str, lease: float) -> int:
+        """Extend the leases :meth:`lease_batch` took for ``claim_id`` that are still held."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        return self.filter(sweep_claim_id=claim_id, refresh_lock_id__startswith=prefix).update(
+            refresh_lock_until=Now() + _seconds(lease)
+        )
+
+    def release_batch_leases(self, claim_id: str, *, prefix: str) -> int:
+        """Let go of the leases :meth:`lease_batch` took for ``claim_id`` that are still held (a
+        sweep stopped before it got to those companies)."""
+        if not prefix:
+            raise ValueError("prefix must not be empty")
+        return self.filter(sweep_claim_id=claim_id, refresh_lock_id__startswith=prefix).update(**_RELEASED)
 
     def mark_expired_lease(self, pk: int, *, version: int, holder: str) -> bool:
         """Note that ``holder``'s lease ran out (database clock): its renewals stop counting, and

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 import uuid
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
-from django.db import InterfaceError, OperationalError, connections, router, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -34,7 +35,7 @@ from django.utils import timezone
 from . import leases
 from .conf import app_settings
 from .exceptions import LightspeedOAuthError
-from .models import ApiClient, ConnectedCompany
+from .models import BATCH_LOCK_PREFIX_LENGTH, ApiClient, ConnectedCompany, batch_lock_id
 from .tokens import (
     EVENT_FLUSH_INTERVAL,
     FAILED,
@@ -44,8 +45,10 @@ from .tokens import (
     UNCERTAIN,
     EventBatch,
     RefreshResult,
+    batch_lease_limit,
     in_callers_transaction,
     refresh,
+    refresh_leased,
 )
 
 __all__ = [
@@ -333,9 +336,11 @@ def _claim_batch(
     renew: bool,
     fetch: bool,
     client_pks: list[int] | None,
+    lease_prefix: str = "",
 ) -> tuple[Batch, list[ConnectedCompany]]:
     """:func:`claim_batch`; with ``fetch``, the claimed companies too (with as few queries as the
-    database allows)."""
+    database allows); with ``lease_prefix`` (and ``fetch``), the leases of the claimed companies
+    too, taken in one statement before they are read (see :class:`_Held`)."""
     size = app_settings.SWEEP_BATCH_SIZE if size is None else int(size)
     if size < 1:
         raise ValueError("size must be at least 1")
@@ -356,11 +361,16 @@ def _claim_batch(
         "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
     }
     manager = ConnectedCompany.objects.using(alias)
+
+    def lease() -> None:
+        if lease_prefix:
+            manager.lease_batch(claim_id, prefix=lease_prefix, lease=app_settings.LOCK_TIMEOUT, force=force)
+
     deadline = time.monotonic() + CLAIM_RETRY_WINDOW
     while True:
         try:
             claimed_pks, companies = _claim(
-                manager, candidates.using(alias), features, claimed, claim_id, size, fetch
+                manager, candidates.using(alias), features, claimed, claim_id, size, fetch, lease
             )
             break
         except (OperationalError, InterfaceError):
@@ -396,8 +406,10 @@ def _claim(
     claim_id: str,
     size: int,
     fetch: bool,
+    lease: Callable[[], None],
 ) -> tuple[list[int], list[ConnectedCompany] | None]:
-    """Mark a batch; its primary keys, and its companies where reading them back gave them."""
+    """Mark a batch; its primary keys, and its companies where reading them back gave them
+    (``lease`` runs just before they are read back)."""
     alias = manager.db
     nothing: tuple[list[int], list[ConnectedCompany] | None] = ([], [] if fetch else None)
     if features.has_select_for_update_skip_locked:
@@ -428,7 +440,9 @@ def _claim(
             return nothing
     mine = manager.filter(sweep_claim_id=claim_id).order_by("pk")
     if fetch:
-        # The read-back that says what was claimed brings the companies along.
+        lease()
+        # The read-back that says what was claimed brings the companies along (and which of them
+        # were leased).
         companies = list(mine.select_related("client"))
         return [company.pk for company in companies], companies
     return list(mine.values_list("pk", flat=True)), None
@@ -453,13 +467,39 @@ def release_batch(batch: Batch | str) -> None:
 
 
 class _Held:
-    """A claimed batch being worked on: released when its last company is done."""
+    """A claimed batch being worked on: released when its last company is done.
 
-    def __init__(self, batch: Batch, size: int, open_batches: set[_Held], guard: threading.Lock) -> None:
+    The sweep leases the batch's companies when it claims them, in one statement
+    (:meth:`~.models.ConnectedCompanyQuerySet.lease_batch`) rather than one per company: each
+    company it leased is refreshed under that lease (:func:`.tokens.refresh_leased`), if the lease
+    is still young enough when a worker gets to it; any other goes through
+    :func:`.tokens.refresh`, which takes its own.
+    """
+
+    def __init__(
+        self,
+        batch: Batch,
+        size: int,
+        open_batches: set[_Held],
+        guard: threading.Lock,
+        prefix: str = "",
+        leased_at: float = 0.0,
+    ) -> None:
         self.batch = batch
         self.left = size
         self.open_batches = open_batches
         self.guard = guard
+        #: the lock id prefix of the batch's leases ("" when none were taken)
+        self.prefix = prefix
+        #: time.monotonic() just before the leases were taken
+        self.leased_at = leased_at
+
+    def lease_of(self, company: ConnectedCompany) -> str | None:
+        """The lock id of the lease this batch took for ``company`` (as read back), or None."""
+        if not self.prefix:
+            return None
+        lock_id = batch_lock_id(self.prefix, company.pk)
+        return lock_id if company.refresh_lock_id == lock_id else None
 
     def done(self) -> None:
         with self.guard:
@@ -470,8 +510,10 @@ class _Held:
         _release_quietly(self.batch)
 
 
-def _release_quietly(batch: Batch) -> None:
+def _release_quietly(batch: Batch, lease_prefix: str = "") -> None:
     try:
+        if lease_prefix:
+            ConnectedCompany.objects.release_batch_leases(batch.claim_id, prefix=lease_prefix)
         release_batch(batch)
     except Exception:
         # The claim runs out on its own; nothing is lost.
@@ -479,11 +521,19 @@ def _release_quietly(batch: Batch) -> None:
 
 
 def _refresh_one(
-    company: ConnectedCompany, force: bool, within: float | None, wait: bool = False
+    company: ConnectedCompany,
+    force: bool,
+    within: float | None,
+    wait: bool = False,
+    lease: tuple[str, float] | None = None,
 ) -> CompanyResult:
+    """Refresh one company for a sweep; ``lease``: (lock id, time taken) of a lease it holds."""
     line = CompanyResult(company.pk, company.company_id, company.client.slug, ERROR)
     try:
-        result: RefreshResult = refresh(company, force=force, within=within, wait=wait)
+        if lease is None:
+            result: RefreshResult = refresh(company, force=force, within=within, wait=wait)
+        else:
+            result = refresh_leased(company, lease[0], leased_at=lease[1], force=force, within=within)
     except LightspeedOAuthError as err:
         line.message = err.message
         logger.warning("Refresh of company %s stopped: %s", company.pk, err.message)
@@ -563,6 +613,8 @@ def refresh_due(
         after = 0
         client_pks = _active_client_pks(clients)
         while True:
+            prefix = secrets.token_hex(BATCH_LOCK_PREFIX_LENGTH)[:BATCH_LOCK_PREFIX_LENGTH]
+            leased_at = time.monotonic()
             batch, page = _claim_batch(
                 size=batch_size,
                 within=within,
@@ -574,12 +626,13 @@ def refresh_due(
                 renew=True,
                 fetch=True,
                 client_pks=client_pks,
+                lease_prefix=prefix,
             )
             if not batch:
                 return
             summary.batches += 1
             after = batch.pks[-1]
-            held = _Held(batch, len(page), open_batches, guard)
+            held = _Held(batch, len(page), open_batches, guard, prefix, leased_at)
             with guard:
                 open_batches.add(held)
             if not page:
@@ -593,26 +646,57 @@ def refresh_due(
     events = EventBatch() if workers > 1 else None
 
     def handle(company: ConnectedCompany, held: _Held | None) -> None:
+        lock_id = held.lease_of(company) if held is not None else None
+        lease = None if held is None or lock_id is None else (lock_id, held.leased_at)
         if events is None:
-            result = _refresh_one(company, force, margin)
+            result = _refresh_one(company, force, margin, lease=lease)
         else:
             with events.collecting():
-                result = _refresh_one(company, force, margin)
+                result = _refresh_one(company, force, margin, lease=lease)
         with guard:
             summary.add(result)
             report(result)
         if held is not None:
             held.done()
 
+    lease_limit = batch_lease_limit()
+
+    def keep_leases_young() -> None:
+        # A batch's leases are used only while young (a worker lets an old one go and takes a new
+        # one): renew those of a batch half way there, e.g. behind a slow token server.
+        now = time.monotonic()
+        with guard:
+            aging = [
+                held
+                for held in open_batches
+                if held.prefix and lease_limit / 2 <= now - held.leased_at < lease_limit
+            ]
+        for held in aging:
+            before = time.monotonic()
+            try:
+                ConnectedCompany.objects.renew_batch_leases(
+                    held.batch.claim_id, prefix=held.prefix, lease=app_settings.LOCK_TIMEOUT
+                )
+            except DatabaseError:
+                logger.warning("Could not renew the leases of sweep batch %s", held.batch.claim_id)
+                continue
+            held.leased_at = before
+
+    def idle() -> None:
+        keep_leases_young()
+        if events is not None:
+            events.flush(older_than=EVENT_FLUSH_INTERVAL)
+
     try:
         if workers == 1:
             for company, held in companies():
                 if stop is not None and stop.is_set():
                     break
+                keep_leases_young()
                 handle(company, held)
             return summary
-        idle = (lambda: events.flush(older_than=EVENT_FLUSH_INTERVAL)) if events else None
-        _with_workers(workers, companies(), handle, stop, idle=idle)
+        every = max(0.05, min(EVENT_FLUSH_INTERVAL, lease_limit / 4))
+        _with_workers(workers, companies(), handle, stop, idle=idle, every=every)
         return summary
     finally:
         if events is not None:
@@ -622,7 +706,7 @@ def refresh_due(
             unfinished = list(open_batches)
             open_batches.clear()
         for held in unfinished:
-            _release_quietly(held.batch)
+            _release_quietly(held.batch, held.prefix)
 
 
 def _with_workers(
@@ -631,9 +715,10 @@ def _with_workers(
     handle: Callable[[ConnectedCompany, _Held | None], None],
     stop: StopSignal | None,
     idle: Callable[[], None] | None = None,
+    every: float = EVENT_FLUSH_INTERVAL,
 ) -> None:
     """Run ``handle`` on each job with ``workers`` threads; ``idle`` is called after each job
-    handed out, and every EVENT_FLUSH_INTERVAL seconds while this thread waits for them."""
+    handed out, and every ``every`` seconds while this thread waits for them."""
     # Bounded queue: the reader never gets more than a few companies ahead of the workers.
     jobs: queue.Queue = queue.Queue(maxsize=workers * 2)
     done = object()
@@ -651,7 +736,7 @@ def _with_workers(
     def put(job: object) -> None:
         while True:
             try:
-                jobs.put(job, timeout=EVENT_FLUSH_INTERVAL)
+                jobs.put(job, timeout=every)
                 placed = True
             except queue.Full:
                 placed = False
@@ -675,7 +760,7 @@ def _with_workers(
             put(done)
         for thread in threads:
             while thread.is_alive():
-                thread.join(EVENT_FLUSH_INTERVAL)
+                thread.join(every)
                 if idle is not None:
                     idle()
 

@@ -139,6 +139,58 @@ def refresh(
     return _refresh(company, force=force, within=within, wait=wait)
 
 
+def batch_lease_limit() -> float:
+    """Seconds after it was taken that a lease taken ahead (a sweep leases a batch in one
+    statement) may still be used for a token request: a quarter of the time the lease has left
+    once the first renewal is due, so that it is renewed long before it could run out."""
+    return max(0.0, app_settings.LOCK_TIMEOUT - leases.renew_interval()) / 4
+
+
+def refresh_leased(
+    company: ConnectedCompany,
+    lock_id: str,
+    *,
+    leased_at: float,
+    force: bool = False,
+    within: float | None = None,
+) -> RefreshResult:
+    """:func:`refresh`, for a company whose lease the caller took already (a sweep leases its batch
+    in one statement: see :meth:`~.models.ConnectedCompanyQuerySet.lease_batch`), under
+    ``lock_id``, at ``leased_at`` (``time.monotonic()`` just before).
+
+    A lease older than :func:`batch_lease_limit` is let go and :func:`refresh` takes a new one (it
+    counts a second lock attempt); so is one whose company needs no request after all (it was
+    refreshed meanwhile, say). Never waits for another holder (``wait=False``).
+    """
+    young = time.monotonic() - leased_at < batch_lease_limit()
+    try:
+        settled = _settled_and_readable(
+            company, force=force, within=within, waited=False, seen_version=company.token_version
+        )
+    except BaseException:
+        _let_go(company, lock_id)
+        raise
+    if settled is not None or not young or _in_transaction(company):
+        _let_go(company, lock_id)
+        if settled is not None:
+            settled.lock_attempts = 1
+            return settled
+        result = refresh(company, force=force, within=within, wait=False)
+        result.lock_attempts += 1
+        return result
+    result = _refresh_locked(company, lock_id, waited=False)
+    result.lock_attempts = 1
+    return result
+
+
+def _let_go(company: ConnectedCompany, lock_id: str) -> None:
+    """Release a lease no request was sent under; if the database refuses, it runs out on its own."""
+    try:
+        ConnectedCompany.objects.release_lease(company.pk, lock_id=lock_id)
+    except DatabaseError:
+        logger.warning("Could not release the refresh lock of company %s; it will run out", company.pk)
+
+
 #: Seconds the own connection waits for a row lock before giving up (see _in_own_connection).
 OWN_CONNECTION_LOCK_WAIT = 2
 

@@ -1,0 +1,235 @@
+"""A sweep leases the companies of a batch in one statement when it claims them.
+
+Each leased company is refreshed under that lease, without a statement of its own to take it; a
+company the statement could not lease (held elsewhere), a lease grown too old before a worker got
+to it, and a company that needs no request after all go through the ordinary lease of
+``tokens.refresh``. Several sweeps in real processes against a real token server: test_sweeps.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from django_lightspeed_oauth import refreshing, tokens
+from django_lightspeed_oauth.models import (
+    BATCH_LOCK_PREFIX_LENGTH,
+    ConnectedCompany,
+    ConnectedCompanyQuerySet,
+    batch_lock_id,
+)
+from django_lightspeed_oauth.refreshing import claim_batch, refresh_due
+from django_lightspeed_oauth.testing import FakeTokenEndpoint, make_client, make_company
+
+pytestmark = pytest.mark.django_db
+
+
+def held_leases() -> dict[int, str]:
+    return dict(ConnectedCompany.objects.exclude(refresh_lock_id="").values_list("pk", "refresh_lock_id"))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """How often each way of taking a lease ran (and the companies the batch statement leased)."""
+    counted: dict[str, int] = {"take_lease": 0, "lease_batch": 0, "batch_leased": 0}
+    take_lease, lease_batch = ConnectedCompanyQuerySet.take_lease, ConnectedCompanyQuerySet.lease_batch
+
+    def counting_take(queryset, *args, **kwargs):
+        counted["take_lease"] += 1
+        return take_lease(queryset, *args, **kwargs)
+
+    def counting_batch(queryset, *args, **kwargs):
+        counted["lease_batch"] += 1
+        leased = lease_batch(queryset, *args, **kwargs)
+        counted["batch_leased"] += leased
+        return leased
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "take_lease", counting_take)
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "lease_batch", counting_batch)
+    return counted
+
+
+def test_lease_batch_leases_the_free_due_companies_of_the_claim_each_under_its_own_lock_id():
+    client = make_client()
+    free = [make_company(client, expires_in=60) for _ in range(3)]
+    held = make_company(client, expires_in=60)
+    backing_off = make_company(client, expires_in=60, status=ConnectedCompany.Status.FAILING)
+    uncertain = make_company(client, expires_in=60)
+    batch = claim_batch(renew=False)
+    assert set(batch.pks) == {c.pk for c in [*free, held, backing_off, uncertain]}
+    manager = ConnectedCompany.objects
+    manager.filter(pk=held.pk).update(refresh_lock_id="someone", refresh_lock_until=timezone.now())
+    manager.filter(pk=backing_off.pk).update(next_attempt_at=timezone.now() + timedelta(hours=1))
+    manager.filter(pk=uncertain.pk).update(status=ConnectedCompany.Status.UNCERTAIN)
+    outside = make_company(client, expires_in=60)  # due, but not in the batch
+
+    assert manager.lease_batch(batch.claim_id, prefix="p", lease=30, force=False) == 3
+
+    assert held_leases() == {**{c.pk: batch_lock_id("p", c.pk) for c in free}, held.pk: "someone"}
+    leased = manager.get(pk=free[0].pk)
+    assert leased.refresh_lock_id == f"p{free[0].pk}"
+    assert leased.refresh_lock_until > timezone.now() + timedelta(seconds=20)
+    assert leased.refresh_lock_started_at is not None
+    assert outside.pk not in held_leases()
+    # Leased ones are not free any more; a forced sweep also leases the uncertain company and the
+    # one backing off.
+    assert manager.lease_batch(batch.claim_id, prefix="q", lease=30, force=True) == 2
+    forced = {uncertain.pk: f"q{uncertain.pk}", backing_off.pk: f"q{backing_off.pk}"}
+    # Letting go of one prefix's leases leaves the others alone.
+    assert manager.release_batch_leases(batch.claim_id, prefix="p") == 3
+    assert held_leases() == {held.pk: "someone", **forced}
+
+
+@pytest.mark.parametrize("prefix", ["", "x" * (BATCH_LOCK_PREFIX_LENGTH + 1)])
+def test_a_batch_lease_prefix_must_leave_room_for_the_primary_key(prefix):
+    with pytest.raises(ValueError, match="prefix"):
+        ConnectedCompany.objects.lease_batch("claim", prefix=prefix, lease=30, force=False)
+
+
+def test_the_largest_primary_key_fits_the_lock_id_field():
+    field = ConnectedCompany._meta.get_field("refresh_lock_id")
+    assert BATCH_LOCK_PREFIX_LENGTH + len(str(2**63 - 1)) <= field.max_length
+
+
+def test_a_sweep_takes_one_lease_statement_per_batch_and_none_per_company(calls):
+    client = make_client()
+    companies = [make_company(client, expires_in=60) for _ in range(7)]
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due(batch_size=3)
+
+    assert summary.refreshed == 7 == fake.refresh_count
+    assert calls == {"take_lease": 0, "lease_batch": 3, "batch_leased": 7}
+    assert summary.lock_attempts == 7
+    assert held_leases() == {}
+    versions = ConnectedCompany.objects.filter(pk__in=[c.pk for c in companies]).values_list("token_version")
+    assert set(versions) == {(1,)}
+
+
+def test_a_company_held_elsewhere_when_its_batch_is_claimed_is_busy_and_its_holder_keeps_it(calls):
+    client = make_client()
+    mine = make_company(client, expires_in=60)
+    other = make_company(client, expires_in=60)
+    until = timezone.now() + timedelta(seconds=30)
+    held = ConnectedCompany.objects.filter(pk=other.pk)
+    held.update(refresh_lock_id="web-request", refresh_lock_until=until)
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due()
+
+    assert (summary.refreshed, summary.busy) == (1, 1)
+    assert fake.refresh_count == 1
+    assert calls == {"take_lease": 1, "lease_batch": 1, "batch_leased": 1}  # the held one tried once
+    assert held_leases() == {other.pk: "web-request"}
+    assert ConnectedCompany.objects.get(pk=mine.pk).token_version == 1
+
+
+def test_a_batch_lease_grown_old_is_let_go_and_taken_again(calls, monkeypatch):
+    monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 0.0)
+    client = make_client()
+    for _ in range(3):
+        make_company(client, expires_in=60)
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due()
+
+    assert summary.refreshed == 3 == fake.refresh_count
+    assert calls == {"take_lease": 3, "lease_batch": 1, "batch_leased": 3}
+    assert summary.lock_attempts == 6  # the batch's lease and a new one, each
+    assert held_leases() == {}
+
+
+def test_the_default_batch_lease_limit_leaves_the_lease_time_to_be_renewed(settings):
+    settings.LIGHTSPEED_OAUTH = {**settings.LIGHTSPEED_OAUTH, "LOCK_TIMEOUT": 60, "LOCK_RENEW_INTERVAL": None}
+    assert tokens.batch_lease_limit() == 10.0  # (60 - 20) / 4: renewed at most 30 s into a 60 s lease
+
+
+def test_a_leased_company_that_needs_no_request_lets_go_of_its_lease():
+    refused = make_client(credentials_refused_at=timezone.now(), credentials_error="invalid_client")
+    no_token = make_company(make_client(), expires_in=60, refresh_token="")
+    stuck = make_company(refused, expires_in=60)
+    with FakeTokenEndpoint(refused) as fake:
+        summary = refresh_due()
+
+    assert fake.refresh_count == 0
+    assert summary.failed == 1 and summary.reauthorization_required == 1
+    Status = ConnectedCompany.Status
+    assert ConnectedCompany.objects.get(pk=no_token.pk).status == Status.REAUTHORIZATION_REQUIRED
+    assert ConnectedCompany.objects.get(pk=stuck.pk).status == Status.ACTIVE
+    assert held_leases() == {}
+
+
+def test_a_leased_company_whose_secret_is_refused_lets_go_of_its_lease():
+    client = make_client()
+    company = make_company(client, expires_in=60)
+    # A ciphertext copied from another company's row: refused before anything is sent.
+    other = make_company(client, expires_in=60)
+    raw = ConnectedCompany.objects.filter(pk=other.pk).values_list("refresh_token", flat=True).get()
+    ConnectedCompany.objects.filter(pk=company.pk).update(refresh_token=raw)
+    ConnectedCompany.objects.filter(pk=other.pk).update(expires_at=timezone.now() + timedelta(hours=2))
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due()
+
+    assert fake.refresh_count == 0
+    assert summary.failed == 1
+    assert held_leases() == {}
+    assert ConnectedCompany.objects.get(pk=company.pk).last_error
+
+
+def test_a_stopped_sweep_lets_go_of_the_leases_of_companies_it_did_not_start():
+    client = make_client()
+    for _ in range(5):
+        make_company(client, expires_in=60)
+    stop = threading.Event()
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due(batch_size=5, on_result=lambda result: stop.set(), stop=stop)
+
+    assert summary.refreshed == 1 == fake.refresh_count
+    assert held_leases() == {}
+    assert not ConnectedCompany.objects.exclude(sweep_claim_id="").exists()
+    # The next sweep takes the rest at once.
+    with FakeTokenEndpoint(client) as fake:
+        assert refresh_due().refreshed == 4 == fake.refresh_count
+
+
+def test_refresh_leased_counts_the_batch_lease_as_its_only_lock_attempt():
+    client = make_client()
+    company = make_company(client, expires_in=60)
+    batch = claim_batch(renew=False)
+    ConnectedCompany.objects.lease_batch(batch.claim_id, prefix="z", lease=30, force=False)
+    company.refresh_from_db()
+    with FakeTokenEndpoint(client) as fake:
+        result = tokens.refresh_leased(
+            company, batch_lock_id("z", company.pk), leased_at=refreshing.time.monotonic()
+        )
+    assert result.outcome == tokens.REFRESHED and result.lock_attempts == 1
+    assert fake.refresh_count == 1
+    assert held_leases() == {}
+
+
+def test_a_sweep_renews_the_leases_of_a_batch_that_takes_long_so_that_its_workers_find_them_young(
+    calls, monkeypatch
+):
+    """Behind a slow token server a batch outlives half the usable age of its leases: the sweep
+    renews them (one statement for the batch) instead of letting its workers take new ones."""
+    monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 2.0)
+    monkeypatch.setattr(refreshing, "batch_lease_limit", lambda: 2.0)
+    renewed: list[int] = []
+    renew = ConnectedCompanyQuerySet.renew_batch_leases
+
+    def counting_renew(queryset, *args, **kwargs):
+        renewed.append(renew(queryset, *args, **kwargs))
+        return renewed[-1]
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "renew_batch_leases", counting_renew)
+    client = make_client()
+    for _ in range(12):
+        make_company(client, expires_in=60)
+    with FakeTokenEndpoint(client) as fake:
+        fake.delay = 0.25  # 12 companies one after another: the batch takes 3 s, past the limit
+        summary = refresh_due()
+
+    assert summary.refreshed == 12 == fake.refresh_count
+    assert calls == {"take_lease": 0, "lease_batch": 1, "batch_leased": 12}
+    assert renewed and all(0 < count <= 12 for count in renewed)
+    assert held_leases() == {}
