@@ -317,8 +317,8 @@ def _seconds(value: float) -> timedelta:
 
 
 #: Characters of a batch lease's lock id before the company's primary key (a BigAutoField key has
-#: up to 19 digits: the two fit refresh_lock_id's 32).
-BATCH_LOCK_PREFIX_LENGTH = 13
+#: up to 19 digits and a sign: the two fit refresh_lock_id's 32).
+BATCH_LOCK_PREFIX_LENGTH = 12
 
 
 def batch_lock_id(prefix: str, pk: int) -> str:
@@ -512,17 +512,20 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         lock_ids = Concat(models.Value(prefix), Cast("pk", output_field=models.CharField()))
         return query.update(**_leased(lock_ids, lease))
 
-    def renew_batch_leases(self, claim_id: str, *, prefix: str, lease: float) -> int:
-        """Extend the leases :meth:`lease_batch` took for ``claim_id`` that are still held."""
-        if not prefix:
-            raise ValueError("prefix must not be empty")
-        return self.filter(sweep_claim_id=claim_id, refresh_lock_id__startswith=prefix).update(
+    def extend_live_leases(self, lock_ids: list[str], *, lease: float) -> int:
+        """Extend those of the leases ``lock_ids`` that are still held and live (database clock);
+        unlike :meth:`renew_leases`, never one that ran out. Returns how many."""
+        return self.filter(refresh_lock_id__in=lock_ids, refresh_lock_until__gt=Now()).update(
             refresh_lock_until=Now() + _seconds(lease)
         )
 
+    def release_leases(self, lock_ids: list[str]) -> int:
+        """Let go of the leases ``lock_ids`` (those still held by them)."""
+        return self.filter(refresh_lock_id__in=lock_ids).update(**_RELEASED)
+
     def release_batch_leases(self, claim_id: str, *, prefix: str) -> int:
-        """Let go of the leases :meth:`lease_batch` took for ``claim_id`` that are still held (a
-        sweep stopped before it got to those companies)."""
+        """Let go of the leases :meth:`lease_batch` took for ``claim_id`` with ``prefix`` that are
+        still held (an attempt to claim and lease a batch that failed half way)."""
         if not prefix:
             raise ValueError("prefix must not be empty")
         return self.filter(sweep_claim_id=claim_id, refresh_lock_id__startswith=prefix).update(**_RELEASED)

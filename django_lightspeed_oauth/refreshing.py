@@ -344,7 +344,6 @@ def _claim_batch(
     size = app_settings.SWEEP_BATCH_SIZE if size is None else int(size)
     if size < 1:
         raise ValueError("size must be at least 1")
-    claim_id = uuid.uuid4().hex
     candidates = _claimable(
         within=within,
         clients=clients,
@@ -356,30 +355,36 @@ def _claim_batch(
     ).values_list("pk", flat=True)
     alias = router.db_for_write(ConnectedCompany)
     features = connections[alias].features
-    claimed = {
-        "sweep_claim_id": claim_id,
-        "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
-    }
     manager = ConnectedCompany.objects.using(alias)
 
-    def lease() -> None:
-        if lease_prefix:
-            manager.lease_batch(claim_id, prefix=lease_prefix, lease=app_settings.LOCK_TIMEOUT, force=force)
+    def attempt(claim_id: str) -> tuple[list[int], list[ConnectedCompany] | None]:
+        claimed = {
+            "sweep_claim_id": claim_id,
+            "sweep_claim_until": Now() + timedelta(seconds=app_settings.SWEEP_CLAIM_LIFETIME),
+        }
+
+        def lease() -> None:
+            if lease_prefix:
+                lease_for = app_settings.LOCK_TIMEOUT
+                manager.lease_batch(claim_id, prefix=lease_prefix, lease=lease_for, force=force)
+
+        return _claim(manager, candidates.using(alias), features, claimed, claim_id, size, fetch, lease)
 
     deadline = time.monotonic() + CLAIM_RETRY_WINDOW
     while True:
+        claim_id = uuid.uuid4().hex
         try:
-            claimed_pks, companies = _claim(
-                manager, candidates.using(alias), features, claimed, claim_id, size, fetch, lease
-            )
+            claimed_pks, companies = attempt(claim_id)
             break
         except (OperationalError, InterfaceError):
-            # A busy SQLite file or a dropped connection: the claim changed nothing, try again.
+            # A busy SQLite file or a dropped connection, in the claim, the leases or the read-back:
+            # undo what this attempt wrote, and try again under a new claim id.
+            if not connections[alias].in_atomic_block:
+                connections[alias].close()
+            _undo_claim(manager, claim_id, lease_prefix)
             if time.monotonic() > deadline:
                 raise
             logger.warning("Database error while claiming a sweep batch; retrying")
-            if not connections[alias].in_atomic_block:
-                connections[alias].close()
             time.sleep(0.1)
     batch = Batch(claim_id, claimed_pks)
     if batch and renew:
@@ -387,6 +392,17 @@ def _claim_batch(
     if fetch and companies is None:
         companies = claimed_companies(batch)
     return batch, _share_clients(companies or [])
+
+
+def _undo_claim(manager: Any, claim_id: str, lease_prefix: str) -> None:
+    """Let go of what a failed attempt to claim a batch may have written (claims and leases run
+    out on their own if the database refuses this too)."""
+    try:
+        if lease_prefix:
+            manager.release_batch_leases(claim_id, prefix=lease_prefix)
+        manager.release_claim(claim_id)
+    except Exception:
+        logger.debug("Could not undo the failed claim %s; it runs out", claim_id, exc_info=True)
 
 
 def _share_clients(companies: list[ConnectedCompany]) -> list[ConnectedCompany]:
@@ -470,10 +486,10 @@ class _Held:
     """A claimed batch being worked on: released when its last company is done.
 
     The sweep leases the batch's companies when it claims them, in one statement
-    (:meth:`~.models.ConnectedCompanyQuerySet.lease_batch`) rather than one per company: each
-    company it leased is refreshed under that lease (:func:`.tokens.refresh_leased`), if the lease
-    is still young enough when a worker gets to it; any other goes through
-    :func:`.tokens.refresh`, which takes its own.
+    (:meth:`~.models.ConnectedCompanyQuerySet.lease_batch`) rather than one per company. A worker
+    refreshes a company it leased (still ``pending``: no worker started it) under that lease
+    (:func:`.tokens.refresh_leased`), any other through :func:`.tokens.refresh`, which takes its
+    own. Pending leases are kept young by :func:`_keep_batch_leases`, or let go.
     """
 
     def __init__(
@@ -491,15 +507,30 @@ class _Held:
         self.guard = guard
         #: the lock id prefix of the batch's leases ("" when none were taken)
         self.prefix = prefix
-        #: time.monotonic() just before the leases were taken
+        #: time.monotonic() just before the pending leases were taken or last extended
         self.leased_at = leased_at
+        #: time.monotonic() just before they were taken
+        self.first_leased_at = leased_at
+        #: companies (primary keys) leased by the batch that no worker has started
+        self.pending: set[int] = set()
 
-    def lease_of(self, company: ConnectedCompany) -> str | None:
-        """The lock id of the lease this batch took for ``company`` (as read back), or None."""
-        if not self.prefix:
-            return None
-        lock_id = batch_lock_id(self.prefix, company.pk)
-        return lock_id if company.refresh_lock_id == lock_id else None
+    def note_leases(self, companies: list[ConnectedCompany]) -> None:
+        """Remember which of the companies read back carry this batch's lease."""
+        if self.prefix:
+            self.pending = {c.pk for c in companies if c.refresh_lock_id == batch_lock_id(self.prefix, c.pk)}
+
+    def start(self, company: ConnectedCompany) -> tuple[str, float] | None:
+        """A worker takes ``company``: (lock id, time taken) of its pending lease, or None (none
+        was taken, or it was let go)."""
+        with self.guard:
+            if company.pk not in self.pending:
+                return None
+            self.pending.discard(company.pk)
+            return batch_lock_id(self.prefix, company.pk), self.leased_at
+
+    def pending_lock_ids(self) -> list[str]:
+        with self.guard:
+            return [batch_lock_id(self.prefix, pk) for pk in sorted(self.pending)]
 
     def done(self) -> None:
         with self.guard:
@@ -510,10 +541,41 @@ class _Held:
         _release_quietly(self.batch)
 
 
-def _release_quietly(batch: Batch, lease_prefix: str = "") -> None:
+def _keep_batch_leases(batches: Iterable[_Held], limit: float, hold_for: float) -> None:
+    """Keep the pending leases of ``batches`` usable (younger than ``limit``, see
+    :func:`.tokens.batch_lease_limit`): once half that old, extend them in one statement; let
+    them go instead when one of them is no longer live (its claim and lease ran out, another
+    refresher took it over), when the feeder came too late, or after ``hold_for`` seconds, so
+    that a slow batch does not hold companies nobody has started. Their workers then take their
+    own leases."""
+    manager = ConnectedCompany.objects
+    for held in batches:
+        now = time.monotonic()
+        lock_ids = held.pending_lock_ids()
+        if not lock_ids or now - held.leased_at < limit / 2:
+            continue
+        keep = now - held.leased_at < limit and now - held.first_leased_at < hold_for
+        before = time.monotonic()
+        try:
+            lease = app_settings.LOCK_TIMEOUT
+            if keep and manager.extend_live_leases(lock_ids, lease=lease) == len(lock_ids):
+                held.leased_at = before
+                continue
+            # Under the guard, so that no worker starts a company whose lease is being let go.
+            with held.guard:
+                listed = set(lock_ids)
+                gone = [pk for pk in held.pending if batch_lock_id(held.prefix, pk) in listed]
+                held.pending.difference_update(gone)
+                manager.release_leases([batch_lock_id(held.prefix, pk) for pk in gone])
+        except DatabaseError:
+            # Not extended: the workers find them old and take their own; unreleased ones run out.
+            logger.warning("Could not keep the leases of sweep batch %s", held.batch.claim_id)
+
+
+def _release_quietly(batch: Batch, lease_ids: list[str] | None = None) -> None:
     try:
-        if lease_prefix:
-            ConnectedCompany.objects.release_batch_leases(batch.claim_id, prefix=lease_prefix)
+        if lease_ids:
+            ConnectedCompany.objects.release_leases(lease_ids)
         release_batch(batch)
     except Exception:
         # The claim runs out on its own; nothing is lost.
@@ -633,6 +695,7 @@ def refresh_due(
             summary.batches += 1
             after = batch.pks[-1]
             held = _Held(batch, len(page), open_batches, guard, prefix, leased_at)
+            held.note_leases(page)
             with guard:
                 open_batches.add(held)
             if not page:
@@ -646,8 +709,7 @@ def refresh_due(
     events = EventBatch() if workers > 1 else None
 
     def handle(company: ConnectedCompany, held: _Held | None) -> None:
-        lock_id = held.lease_of(company) if held is not None else None
-        lease = None if held is None or lock_id is None else (lock_id, held.leased_at)
+        lease = held.start(company) if held is not None else None
         if events is None:
             result = _refresh_one(company, force, margin, lease=lease)
         else:
@@ -662,25 +724,9 @@ def refresh_due(
     lease_limit = batch_lease_limit()
 
     def keep_leases_young() -> None:
-        # A batch's leases are used only while young (a worker lets an old one go and takes a new
-        # one): renew those of a batch half way there, e.g. behind a slow token server.
-        now = time.monotonic()
         with guard:
-            aging = [
-                held
-                for held in open_batches
-                if held.prefix and lease_limit / 2 <= now - held.leased_at < lease_limit
-            ]
-        for held in aging:
-            before = time.monotonic()
-            try:
-                ConnectedCompany.objects.renew_batch_leases(
-                    held.batch.claim_id, prefix=held.prefix, lease=app_settings.LOCK_TIMEOUT
-                )
-            except DatabaseError:
-                logger.warning("Could not renew the leases of sweep batch %s", held.batch.claim_id)
-                continue
-            held.leased_at = before
+            batches = list(open_batches)
+        _keep_batch_leases(batches, lease_limit, app_settings.LOCK_TIMEOUT)
 
     def idle() -> None:
         keep_leases_young()
@@ -706,7 +752,7 @@ def refresh_due(
             unfinished = list(open_batches)
             open_batches.clear()
         for held in unfinished:
-            _release_quietly(held.batch, held.prefix)
+            _release_quietly(held.batch, held.pending_lock_ids())
 
 
 def _with_workers(

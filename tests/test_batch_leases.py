@@ -89,9 +89,18 @@ def test_a_batch_lease_prefix_must_leave_room_for_the_primary_key(prefix):
         ConnectedCompany.objects.lease_batch("claim", prefix=prefix, lease=30, force=False)
 
 
-def test_the_largest_primary_key_fits_the_lock_id_field():
-    field = ConnectedCompany._meta.get_field("refresh_lock_id")
-    assert BATCH_LOCK_PREFIX_LENGTH + len(str(2**63 - 1)) <= field.max_length
+def test_the_lock_id_of_the_largest_primary_key_fits_the_field():
+    # The longest a BigAutoField key is written: 19 digits and a sign. (A row with the largest
+    # positive key would move MySQL's AUTO_INCREMENT counter to its end for every later test.)
+    pk = -(2**63) + 1
+    assert len(str(pk)) == len(str(2**63 - 1)) + 1
+    client = make_client()
+    company = make_company(client, expires_in=60, pk=pk)
+    ConnectedCompany.objects.filter(pk=pk).update(sweep_claim_id="c")
+    prefix = "f" * BATCH_LOCK_PREFIX_LENGTH
+    assert ConnectedCompany.objects.lease_batch("c", prefix=prefix, lease=30, force=False) == 1
+    assert held_leases() == {company.pk: batch_lock_id(prefix, pk)}
+    assert len(batch_lock_id(prefix, pk)) == ConnectedCompany._meta.get_field("refresh_lock_id").max_length
 
 
 def test_a_sweep_takes_one_lease_statement_per_batch_and_none_per_company(calls):
@@ -144,7 +153,7 @@ def test_the_default_batch_lease_limit_leaves_the_lease_time_to_be_renewed(setti
     assert tokens.batch_lease_limit() == 10.0  # (60 - 20) / 4: renewed at most 30 s into a 60 s lease
 
 
-def test_a_leased_company_that_needs_no_request_lets_go_of_its_lease():
+def test_a_leased_company_that_needs_no_request_lets_go_of_its_lease(calls):
     refused = make_client(credentials_refused_at=timezone.now(), credentials_error="invalid_client")
     no_token = make_company(make_client(), expires_in=60, refresh_token="")
     stuck = make_company(refused, expires_in=60)
@@ -152,6 +161,7 @@ def test_a_leased_company_that_needs_no_request_lets_go_of_its_lease():
         summary = refresh_due()
 
     assert fake.refresh_count == 0
+    assert calls["batch_leased"] == 2  # both were leased, then let go
     assert summary.failed == 1 and summary.reauthorization_required == 1
     Status = ConnectedCompany.Status
     assert ConnectedCompany.objects.get(pk=no_token.pk).status == Status.REAUTHORIZATION_REQUIRED
@@ -159,7 +169,7 @@ def test_a_leased_company_that_needs_no_request_lets_go_of_its_lease():
     assert held_leases() == {}
 
 
-def test_a_leased_company_whose_secret_is_refused_lets_go_of_its_lease():
+def test_a_leased_company_whose_secret_is_refused_lets_go_of_its_lease(calls):
     client = make_client()
     company = make_company(client, expires_in=60)
     # A ciphertext copied from another company's row: refused before anything is sent.
@@ -171,6 +181,7 @@ def test_a_leased_company_whose_secret_is_refused_lets_go_of_its_lease():
         summary = refresh_due()
 
     assert fake.refresh_count == 0
+    assert calls["batch_leased"] == 1
     assert summary.failed == 1
     assert held_leases() == {}
     assert ConnectedCompany.objects.get(pk=company.pk).last_error
@@ -215,13 +226,13 @@ def test_a_sweep_renews_the_leases_of_a_batch_that_takes_long_so_that_its_worker
     monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 2.0)
     monkeypatch.setattr(refreshing, "batch_lease_limit", lambda: 2.0)
     renewed: list[int] = []
-    renew = ConnectedCompanyQuerySet.renew_batch_leases
+    extend = ConnectedCompanyQuerySet.extend_live_leases
 
-    def counting_renew(queryset, *args, **kwargs):
-        renewed.append(renew(queryset, *args, **kwargs))
+    def counting_extend(queryset, *args, **kwargs):
+        renewed.append(extend(queryset, *args, **kwargs))
         return renewed[-1]
 
-    monkeypatch.setattr(ConnectedCompanyQuerySet, "renew_batch_leases", counting_renew)
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "extend_live_leases", counting_extend)
     client = make_client()
     for _ in range(12):
         make_company(client, expires_in=60)
@@ -231,5 +242,99 @@ def test_a_sweep_renews_the_leases_of_a_batch_that_takes_long_so_that_its_worker
 
     assert summary.refreshed == 12 == fake.refresh_count
     assert calls == {"take_lease": 0, "lease_batch": 1, "batch_leased": 12}
-    assert renewed and all(0 < count <= 12 for count in renewed)
+    # Each time, every company not started yet, fewer and fewer.
+    assert renewed and all(0 < count < 12 for count in renewed) and renewed == sorted(renewed, reverse=True)
     assert held_leases() == {}
+
+
+def _held_batch(n: int, *, age: float, held_for: float | None = None) -> refreshing._Held:
+    """A claimed batch of ``n`` due companies, leased ``age`` seconds ago (as a sweep sees it)."""
+    client = make_client()
+    for _ in range(n):
+        make_company(client, expires_in=60)
+    batch = claim_batch(renew=False)
+    prefix = "b" * BATCH_LOCK_PREFIX_LENGTH
+    ConnectedCompany.objects.lease_batch(batch.claim_id, prefix=prefix, lease=30, force=False)
+    now = refreshing.time.monotonic()
+    held = refreshing._Held(batch, n, set(), threading.Lock(), prefix, now - age)
+    held.first_leased_at = now - (age if held_for is None else held_for)
+    held.note_leases(list(ConnectedCompany.objects.filter(pk__in=batch.pks)))
+    return held
+
+
+def lease_ends() -> dict[int, object]:
+    return dict(ConnectedCompany.objects.exclude(refresh_lock_id="").values_list("pk", "refresh_lock_until"))
+
+
+def test_keeping_batch_leases_extends_the_pending_ones_once_half_their_usable_age_has_passed():
+    held = _held_batch(3, age=6)
+    first = ConnectedCompany.objects.get(pk=held.batch.pks[0])
+    assert held.start(first) is not None  # a worker has this one: its lease is not the batch's
+    before = lease_ends()
+    leased_at = held.leased_at
+
+    refreshing._keep_batch_leases([held], limit=10, hold_for=60)
+
+    after = lease_ends()
+    assert held.leased_at > leased_at
+    assert after[first.pk] == before[first.pk]
+    assert all(after[pk] > before[pk] for pk in held.batch.pks[1:])
+    assert held.pending == set(held.batch.pks[1:])
+
+
+def test_keeping_batch_leases_leaves_young_ones_alone():
+    held = _held_batch(2, age=1)
+    before, leased_at = lease_ends(), held.leased_at
+    refreshing._keep_batch_leases([held], limit=10, hold_for=60)
+    assert (lease_ends(), held.leased_at) == (before, leased_at)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["one taken over", "one run out", "too late", "held long enough"],
+)
+def test_batch_leases_that_cannot_be_kept_are_let_go_and_none_is_used(case):
+    age = 12 if case == "too late" else 6
+    held = _held_batch(3, age=age, held_for=70 if case == "held long enough" else None)
+    other = held.batch.pks[1]
+    manager = ConnectedCompany.objects.filter(pk=other)
+    if case == "one taken over":
+        manager.update(refresh_lock_id="someone-else")
+    elif case == "one run out":
+        manager.update(refresh_lock_until=timezone.now() - timedelta(seconds=1))
+    leased_at = held.leased_at
+
+    refreshing._keep_batch_leases([held], limit=10, hold_for=60)
+
+    assert held.leased_at == leased_at
+    assert held.pending == set()
+    companies = ConnectedCompany.objects.filter(pk__in=held.batch.pks)
+    assert all(held.start(company) is None for company in companies)
+    expected = {other: "someone-else"} if case == "one taken over" else {}
+    assert held_leases() == expected
+
+
+def test_a_failed_claim_attempt_is_undone_and_claimed_again_under_a_new_id(calls, monkeypatch):
+    from django.db import OperationalError
+
+    failures = iter([True])
+    lease_batch = ConnectedCompanyQuerySet.lease_batch
+
+    def failing_once(queryset, *args, **kwargs):
+        leased = lease_batch(queryset, *args, **kwargs)
+        if next(failures, False):
+            raise OperationalError("database is locked")  # after the leases were written
+        return leased
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "lease_batch", failing_once)
+    client = make_client()
+    for _ in range(4):
+        make_company(client, expires_in=60)
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due()
+
+    assert summary.refreshed == 4 == fake.refresh_count
+    assert summary.busy == 0
+    assert calls["take_lease"] == 0  # the first attempt's leases were let go, the second's used
+    assert held_leases() == {}
+    assert not ConnectedCompany.objects.exclude(sweep_claim_id="").exists()
