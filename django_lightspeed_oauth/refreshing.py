@@ -528,9 +528,13 @@ class _Held:
             self.pending.discard(company.pk)
             return batch_lock_id(self.prefix, company.pk), self.leased_at
 
-    def pending_lock_ids(self) -> list[str]:
+    def give_up(self) -> list[str]:
+        """Take the pending leases away from the workers, so that they may be let go: a worker that
+        starts one of these companies from now on takes its own lease. Returns their lock ids."""
         with self.guard:
-            return [batch_lock_id(self.prefix, pk) for pk in sorted(self.pending)]
+            gone = sorted(self.pending)
+            self.pending.clear()
+        return [batch_lock_id(self.prefix, pk) for pk in gone]
 
     def done(self) -> None:
         with self.guard:
@@ -550,26 +554,26 @@ def _keep_batch_leases(batches: Iterable[_Held], limit: float, hold_for: float) 
     own leases."""
     manager = ConnectedCompany.objects
     for held in batches:
-        now = time.monotonic()
-        lock_ids = held.pending_lock_ids()
-        if not lock_ids or now - held.leased_at < limit / 2:
-            continue
-        keep = now - held.leased_at < limit and now - held.first_leased_at < hold_for
-        before = time.monotonic()
-        try:
-            lease = app_settings.LOCK_TIMEOUT
-            if keep and manager.extend_live_leases(lock_ids, lease=lease) == len(lock_ids):
-                held.leased_at = before
+        # The guard is held throughout, so that no worker starts one of these companies meanwhile:
+        # each lease listed is then either extended with the others or let go before any is used.
+        with held.guard:
+            now = time.monotonic()
+            lock_ids = [batch_lock_id(held.prefix, pk) for pk in sorted(held.pending)]
+            if not lock_ids or now - held.leased_at < limit / 2:
                 continue
-            # Under the guard, so that no worker starts a company whose lease is being let go.
-            with held.guard:
-                listed = set(lock_ids)
-                gone = [pk for pk in held.pending if batch_lock_id(held.prefix, pk) in listed]
-                held.pending.difference_update(gone)
-                manager.release_leases([batch_lock_id(held.prefix, pk) for pk in gone])
-        except DatabaseError:
-            # Not extended: the workers find them old and take their own; unreleased ones run out.
-            logger.warning("Could not keep the leases of sweep batch %s", held.batch.claim_id)
+            keep = now - held.leased_at < limit and now - held.first_leased_at < hold_for
+            before = time.monotonic()
+            try:
+                lease = app_settings.LOCK_TIMEOUT
+                if keep and manager.extend_live_leases(lock_ids, lease=lease) == len(lock_ids):
+                    held.leased_at = before
+                    continue
+                held.pending.clear()
+                manager.release_leases(lock_ids)
+            except DatabaseError:
+                # Not extended: the workers find them old and take their own; unreleased ones
+                # run out.
+                logger.warning("Could not keep the leases of sweep batch %s", held.batch.claim_id)
 
 
 def _release_quietly(batch: Batch, lease_ids: list[str] | None = None) -> None:
@@ -752,7 +756,8 @@ def refresh_due(
             unfinished = list(open_batches)
             open_batches.clear()
         for held in unfinished:
-            _release_quietly(held.batch, held.pending_lock_ids())
+            # A worker may still be running (the sweep interrupted while it waited for them).
+            _release_quietly(held.batch, held.give_up())
 
 
 def _with_workers(

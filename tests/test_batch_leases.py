@@ -31,6 +31,17 @@ def held_leases() -> dict[int, str]:
     return dict(ConnectedCompany.objects.exclude(refresh_lock_id="").values_list("pk", "refresh_lock_id"))
 
 
+def sweep_due(n: int, **kwargs) -> tuple[refreshing.Summary, int]:
+    """Sweep ``n`` due companies of one client: the summary, and how many refreshes the token
+    endpoint answered."""
+    client = make_client()
+    for _ in range(n):
+        make_company(client, expires_in=60)
+    with FakeTokenEndpoint(client) as fake:
+        summary = refresh_due(**kwargs)
+    return summary, fake.refresh_count
+
+
 @pytest.fixture
 def calls(monkeypatch):
     """How often each way of taking a lease ran (and the companies the batch statement leased)."""
@@ -104,17 +115,13 @@ def test_the_lock_id_of_the_largest_primary_key_fits_the_field():
 
 
 def test_a_sweep_takes_one_lease_statement_per_batch_and_none_per_company(calls):
-    client = make_client()
-    companies = [make_company(client, expires_in=60) for _ in range(7)]
-    with FakeTokenEndpoint(client) as fake:
-        summary = refresh_due(batch_size=3)
+    summary, answered = sweep_due(7, batch_size=3)
 
-    assert summary.refreshed == 7 == fake.refresh_count
+    assert summary.refreshed == 7 == answered
     assert calls == {"take_lease": 0, "lease_batch": 3, "batch_leased": 7}
     assert summary.lock_attempts == 7
     assert held_leases() == {}
-    versions = ConnectedCompany.objects.filter(pk__in=[c.pk for c in companies]).values_list("token_version")
-    assert set(versions) == {(1,)}
+    assert set(ConnectedCompany.objects.values_list("token_version", flat=True)) == {1}
 
 
 def test_a_company_held_elsewhere_when_its_batch_is_claimed_is_busy_and_its_holder_keeps_it(calls):
@@ -136,13 +143,9 @@ def test_a_company_held_elsewhere_when_its_batch_is_claimed_is_busy_and_its_hold
 
 def test_a_batch_lease_grown_old_is_let_go_and_taken_again(calls, monkeypatch):
     monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 0.0)
-    client = make_client()
-    for _ in range(3):
-        make_company(client, expires_in=60)
-    with FakeTokenEndpoint(client) as fake:
-        summary = refresh_due()
+    summary, answered = sweep_due(3)
 
-    assert summary.refreshed == 3 == fake.refresh_count
+    assert summary.refreshed == 3 == answered
     assert calls == {"take_lease": 3, "lease_batch": 1, "batch_leased": 3}
     assert summary.lock_attempts == 6  # the batch's lease and a new one, each
     assert held_leases() == {}
@@ -327,14 +330,24 @@ def test_a_failed_claim_attempt_is_undone_and_claimed_again_under_a_new_id(calls
         return leased
 
     monkeypatch.setattr(ConnectedCompanyQuerySet, "lease_batch", failing_once)
-    client = make_client()
-    for _ in range(4):
-        make_company(client, expires_in=60)
-    with FakeTokenEndpoint(client) as fake:
-        summary = refresh_due()
+    summary, answered = sweep_due(4)
 
-    assert summary.refreshed == 4 == fake.refresh_count
+    assert summary.refreshed == 4 == answered
     assert summary.busy == 0
-    assert calls["take_lease"] == 0  # the first attempt's leases were let go, the second's used
+    # The first attempt's leases were let go (else the second could lease none), the second's used.
+    assert calls["batch_leased"] == 8 and calls["take_lease"] == 0
     assert held_leases() == {}
     assert not ConnectedCompany.objects.exclude(sweep_claim_id="").exists()
+
+
+def test_leases_given_up_are_out_of_the_workers_reach_and_a_started_one_is_not_given_up():
+    held = _held_batch(3, age=1)
+    first, *others = ConnectedCompany.objects.filter(pk__in=held.batch.pks).order_by("pk")
+    started = held.start(first)
+    assert started is not None and started[0] == batch_lock_id(held.prefix, first.pk)
+
+    gone = held.give_up()
+
+    assert gone == [batch_lock_id(held.prefix, company.pk) for company in others]
+    assert all(held.start(company) is None for company in [first, *others])
+    assert held.give_up() == []
