@@ -486,29 +486,30 @@ class ConnectedCompanyQuerySet(models.QuerySet):
         )
 
     def _lease_statement(self, pk: int, version: int, lock_id: str, lease: float, force: bool) -> _Update:
+        return _Update(self.filter(pk=pk, token_version=version)._leasable(force), _leased(lock_id, lease))
+
+    def _leasable(self, force: bool) -> ConnectedCompanyQuerySet:
+        """The companies whose lease may be taken now: refreshable, nobody holding a lease, and
+        (unless ``force``) not backing off."""
         statuses = [ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING]
         if force:
             statuses.append(ConnectedCompany.Status.UNCERTAIN)
-        query = self.filter(pk=pk, token_version=version, status__in=statuses).filter(_lock_free())
+        query = self.filter(status__in=statuses).filter(_lock_free())
         if not force:
             # The back-off is part of the condition: a failure recorded since we read the row
             # stops us too.
             query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
-        return _Update(query, _leased(lock_id, lease))
+        return query
 
     def lease_batch(self, claim_id: str, *, prefix: str, lease: float, force: bool) -> int:
         """Take, in one statement, the free lease of each company of the sweep batch ``claim_id``
         that :meth:`take_lease` would lease now; each under its own lock id, ``prefix`` followed by
         its primary key (:func:`batch_lock_id`). Returns how many were leased; read the rows back
         to see which (the others are held elsewhere, or changed since the batch was claimed)."""
-        if not prefix or len(prefix) > BATCH_LOCK_PREFIX_LENGTH:
-            raise ValueError(f"prefix must have 1 to {BATCH_LOCK_PREFIX_LENGTH} characters")
-        statuses = [ConnectedCompany.Status.ACTIVE, ConnectedCompany.Status.FAILING]
-        if force:
-            statuses.append(ConnectedCompany.Status.UNCERTAIN)
-        query = self.filter(sweep_claim_id=claim_id, status__in=statuses).filter(_lock_free())
-        if not force:
-            query = query.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=Now()))
+        if len(prefix) != BATCH_LOCK_PREFIX_LENGTH:
+            # A fixed length: a prefix and a key joined without a separator read only one way.
+            raise ValueError(f"prefix must have {BATCH_LOCK_PREFIX_LENGTH} characters")
+        query = self.filter(sweep_claim_id=claim_id)._leasable(force)
         lock_ids = Concat(models.Value(prefix), Cast("pk", output_field=models.CharField()))
         return query.update(**_leased(lock_ids, lease))
 

@@ -386,6 +386,9 @@ def _claim_batch(
                 raise
             logger.warning("Database error while claiming a sweep batch; retrying")
             time.sleep(0.1)
+        except BaseException:
+            _undo_claim(manager, claim_id, lease_prefix)
+            raise
     batch = Batch(claim_id, claimed_pks)
     if batch and renew:
         leases.hold_claim(claim_id)
@@ -402,7 +405,7 @@ def _undo_claim(manager: Any, claim_id: str, lease_prefix: str) -> None:
             manager.release_batch_leases(claim_id, prefix=lease_prefix)
         manager.release_claim(claim_id)
     except Exception:
-        logger.debug("Could not undo the failed claim %s; it runs out", claim_id, exc_info=True)
+        logger.warning("Could not undo the failed claim %s; it will run out", claim_id)
 
 
 def _share_clients(companies: list[ConnectedCompany]) -> list[ConnectedCompany]:
@@ -572,15 +575,27 @@ def _keep_batch_leases(batches: Iterable[_Held], limit: float, hold_for: float) 
                 manager.release_leases(lock_ids)
             except DatabaseError:
                 # Not extended: the workers find them old and take their own; unreleased ones
-                # run out.
+                # run out. A broken connection is replaced at the next statement.
                 logger.warning("Could not keep the leases of sweep batch %s", held.batch.claim_id)
+                connection = connections[router.db_for_write(ConnectedCompany)]
+                if not connection.in_atomic_block:
+                    connection.close()
 
 
 def _release_quietly(batch: Batch, lease_ids: list[str] | None = None) -> None:
-    try:
-        if lease_ids:
+    """Let go of a batch and of the leases ``lease_ids`` it did not use (each runs out on its own
+    if the database refuses)."""
+    if lease_ids:
+        try:
             ConnectedCompany.objects.release_leases(lease_ids)
-        release_batch(batch)
+        except Exception:
+            logger.warning(
+                "Could not let go of %s unused lease(s) of sweep batch %s; they will run out",
+                len(lease_ids),
+                batch.claim_id,
+            )
+    try:
+        release_batch(batch)  # stops renewing the claim first, whatever the database says
     except Exception:
         # The claim runs out on its own; nothing is lost.
         logger.warning("Could not release sweep batch %s; its claim will run out", batch.claim_id)
@@ -679,7 +694,7 @@ def refresh_due(
         after = 0
         client_pks = _active_client_pks(clients)
         while True:
-            prefix = secrets.token_hex(BATCH_LOCK_PREFIX_LENGTH)[:BATCH_LOCK_PREFIX_LENGTH]
+            prefix = secrets.token_hex(BATCH_LOCK_PREFIX_LENGTH // 2)
             leased_at = time.monotonic()
             batch, page = _claim_batch(
                 size=batch_size,

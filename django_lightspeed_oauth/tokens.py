@@ -97,7 +97,8 @@ class RefreshResult:
     outcome: Outcome
     error: TokenEndpointError | None = None
     waited: bool = False  # another process held the lock
-    #: conditional UPDATEs this call made to take the company's lease (0: none was needed)
+    #: conditional UPDATEs this call made to take the company's lease (0: none was needed); a
+    #: lease a sweep took with its batch counts as one
     lock_attempts: int = 0
 
     @property
@@ -158,9 +159,11 @@ def refresh_leased(
     in one statement: see :meth:`~.models.ConnectedCompanyQuerySet.lease_batch`), under
     ``lock_id``, at ``leased_at`` (``time.monotonic()`` just before).
 
-    A lease older than :func:`batch_lease_limit` is let go and :func:`refresh` takes a new one (it
-    counts a second lock attempt); so is one whose company needs no request after all (it was
-    refreshed meanwhile, say). Never waits for another holder (``wait=False``).
+    A lease older than :func:`batch_lease_limit` (by this process's monotonic clock, the one
+    exception to the database's clock deciding) is let go and :func:`refresh` takes a new one (a
+    second lock attempt). A company that needs no request after all (refreshed meanwhile, say)
+    lets the lease go and gets the outcome :func:`refresh` would give. Never waits for another
+    holder (``wait=False``). Internal: its safety rests on the caller's ``leased_at``.
     """
     young = time.monotonic() - leased_at < batch_lease_limit()
     try:

@@ -1,9 +1,10 @@
 """A sweep leases the companies of a batch in one statement when it claims them.
 
 Each leased company is refreshed under that lease, without a statement of its own to take it; a
-company the statement could not lease (held elsewhere), a lease grown too old before a worker got
-to it, and a company that needs no request after all go through the ordinary lease of
-``tokens.refresh``. Several sweeps in real processes against a real token server: test_sweeps.py.
+company the statement could not lease (held elsewhere) and a lease grown too old before a worker
+got to it go through the ordinary lease of ``tokens.refresh``; a company that needs no request
+after all lets its batch lease go. Several sweeps in real processes against a real token server:
+test_sweeps.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from django_lightspeed_oauth.testing import FakeTokenEndpoint, make_client, make
 
 pytestmark = pytest.mark.django_db
 
+P, Q = "p" * BATCH_LOCK_PREFIX_LENGTH, "q" * BATCH_LOCK_PREFIX_LENGTH
+
 
 def held_leases() -> dict[int, str]:
     return dict(ConnectedCompany.objects.exclude(refresh_lock_id="").values_list("pk", "refresh_lock_id"))
@@ -40,6 +43,38 @@ def sweep_due(n: int, **kwargs) -> tuple[refreshing.Summary, int]:
     with FakeTokenEndpoint(client) as fake:
         summary = refresh_due(**kwargs)
     return summary, fake.refresh_count
+
+
+@pytest.fixture
+def extended(monkeypatch) -> list[int]:
+    """Batch leases usable for 3 s; how many leases each extension statement extended."""
+    monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 3.0)
+    monkeypatch.setattr(refreshing, "batch_lease_limit", lambda: 3.0)
+    counts: list[int] = []
+    extend = ConnectedCompanyQuerySet.extend_live_leases
+
+    def counting_extend(queryset, *args, **kwargs):
+        counts.append(extend(queryset, *args, **kwargs))
+        return counts[-1]
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "extend_live_leases", counting_extend)
+    return counts
+
+
+@pytest.fixture
+def slow_sweep():
+    """Sweep N due companies behind a token endpoint that takes 0.25 s an answer."""
+
+    def sweep(n: int, **kwargs) -> tuple[refreshing.Summary, int]:
+        client = make_client()
+        for _ in range(n):
+            make_company(client, expires_in=60)
+        with FakeTokenEndpoint(client) as fake:
+            fake.delay = 0.25
+            summary = refresh_due(**kwargs)
+        return summary, fake.refresh_count
+
+    return sweep
 
 
 @pytest.fixture
@@ -77,27 +112,27 @@ def test_lease_batch_leases_the_free_due_companies_of_the_claim_each_under_its_o
     manager.filter(pk=uncertain.pk).update(status=ConnectedCompany.Status.UNCERTAIN)
     outside = make_company(client, expires_in=60)  # due, but not in the batch
 
-    assert manager.lease_batch(batch.claim_id, prefix="p", lease=30, force=False) == 3
+    assert manager.lease_batch(batch.claim_id, prefix=P, lease=30, force=False) == 3
 
-    assert held_leases() == {**{c.pk: batch_lock_id("p", c.pk) for c in free}, held.pk: "someone"}
+    assert held_leases() == {**{c.pk: batch_lock_id(P, c.pk) for c in free}, held.pk: "someone"}
     leased = manager.get(pk=free[0].pk)
-    assert leased.refresh_lock_id == f"p{free[0].pk}"
+    assert leased.refresh_lock_id == f"{P}{free[0].pk}"
     assert leased.refresh_lock_until > timezone.now() + timedelta(seconds=20)
     assert leased.refresh_lock_started_at is not None
     assert outside.pk not in held_leases()
     # Leased ones are not free any more; a forced sweep also leases the uncertain company and the
     # one backing off.
-    assert manager.lease_batch(batch.claim_id, prefix="q", lease=30, force=True) == 2
-    forced = {uncertain.pk: f"q{uncertain.pk}", backing_off.pk: f"q{backing_off.pk}"}
+    assert manager.lease_batch(batch.claim_id, prefix=Q, lease=30, force=True) == 2
+    forced = {uncertain.pk: batch_lock_id(Q, uncertain.pk), backing_off.pk: batch_lock_id(Q, backing_off.pk)}
     # Letting go of one prefix's leases leaves the others alone.
-    assert manager.release_batch_leases(batch.claim_id, prefix="p") == 3
+    assert manager.release_batch_leases(batch.claim_id, prefix=P) == 3
     assert held_leases() == {held.pk: "someone", **forced}
 
 
-@pytest.mark.parametrize("prefix", ["", "x" * (BATCH_LOCK_PREFIX_LENGTH + 1)])
-def test_a_batch_lease_prefix_must_leave_room_for_the_primary_key(prefix):
+@pytest.mark.parametrize("length", [0, BATCH_LOCK_PREFIX_LENGTH - 1, BATCH_LOCK_PREFIX_LENGTH + 1])
+def test_a_batch_lease_prefix_has_one_length_so_that_a_lock_id_reads_one_way(length):
     with pytest.raises(ValueError, match="prefix"):
-        ConnectedCompany.objects.lease_batch("claim", prefix=prefix, lease=30, force=False)
+        ConnectedCompany.objects.lease_batch("claim", prefix="x" * length, lease=30, force=False)
 
 
 def test_the_lock_id_of_the_largest_primary_key_fits_the_field():
@@ -210,11 +245,11 @@ def test_refresh_leased_counts_the_batch_lease_as_its_only_lock_attempt():
     client = make_client()
     company = make_company(client, expires_in=60)
     batch = claim_batch(renew=False)
-    ConnectedCompany.objects.lease_batch(batch.claim_id, prefix="z", lease=30, force=False)
+    ConnectedCompany.objects.lease_batch(batch.claim_id, prefix=P, lease=30, force=False)
     company.refresh_from_db()
     with FakeTokenEndpoint(client) as fake:
         result = tokens.refresh_leased(
-            company, batch_lock_id("z", company.pk), leased_at=refreshing.time.monotonic()
+            company, batch_lock_id(P, company.pk), leased_at=refreshing.time.monotonic()
         )
     assert result.outcome == tokens.REFRESHED and result.lock_attempts == 1
     assert fake.refresh_count == 1
@@ -222,31 +257,17 @@ def test_refresh_leased_counts_the_batch_lease_as_its_only_lock_attempt():
 
 
 def test_a_sweep_renews_the_leases_of_a_batch_that_takes_long_so_that_its_workers_find_them_young(
-    calls, monkeypatch
+    calls, extended, slow_sweep
 ):
     """Behind a slow token server a batch outlives half the usable age of its leases: the sweep
     renews them (one statement for the batch) instead of letting its workers take new ones."""
-    monkeypatch.setattr(tokens, "batch_lease_limit", lambda: 2.0)
-    monkeypatch.setattr(refreshing, "batch_lease_limit", lambda: 2.0)
-    renewed: list[int] = []
-    extend = ConnectedCompanyQuerySet.extend_live_leases
+    summary, answered = slow_sweep(16)  # one after another: the batch takes 4 s, past the limit
 
-    def counting_extend(queryset, *args, **kwargs):
-        renewed.append(extend(queryset, *args, **kwargs))
-        return renewed[-1]
-
-    monkeypatch.setattr(ConnectedCompanyQuerySet, "extend_live_leases", counting_extend)
-    client = make_client()
-    for _ in range(12):
-        make_company(client, expires_in=60)
-    with FakeTokenEndpoint(client) as fake:
-        fake.delay = 0.25  # 12 companies one after another: the batch takes 3 s, past the limit
-        summary = refresh_due()
-
-    assert summary.refreshed == 12 == fake.refresh_count
-    assert calls == {"take_lease": 0, "lease_batch": 1, "batch_leased": 12}
+    assert summary.refreshed == 16 == answered
+    assert calls == {"take_lease": 0, "lease_batch": 1, "batch_leased": 16}
     # Each time, every company not started yet, fewer and fewer.
-    assert renewed and all(0 < count < 12 for count in renewed) and renewed == sorted(renewed, reverse=True)
+    assert extended and all(0 < count < 16 for count in extended)
+    assert extended == sorted(extended, reverse=True)
     assert held_leases() == {}
 
 
@@ -322,9 +343,11 @@ def test_a_failed_claim_attempt_is_undone_and_claimed_again_under_a_new_id(calls
 
     failures = iter([True])
     lease_batch = ConnectedCompanyQuerySet.lease_batch
+    claim_ids: list[str] = []
 
-    def failing_once(queryset, *args, **kwargs):
-        leased = lease_batch(queryset, *args, **kwargs)
+    def failing_once(queryset, claim_id, **kwargs):
+        claim_ids.append(claim_id)
+        leased = lease_batch(queryset, claim_id, **kwargs)
         if next(failures, False):
             raise OperationalError("database is locked")  # after the leases were written
         return leased
@@ -336,6 +359,7 @@ def test_a_failed_claim_attempt_is_undone_and_claimed_again_under_a_new_id(calls
     assert summary.busy == 0
     # The first attempt's leases were let go (else the second could lease none), the second's used.
     assert calls["batch_leased"] == 8 and calls["take_lease"] == 0
+    assert len(claim_ids) == 2 and claim_ids[0] != claim_ids[1]
     assert held_leases() == {}
     assert not ConnectedCompany.objects.exclude(sweep_claim_id="").exists()
 
@@ -351,3 +375,62 @@ def test_leases_given_up_are_out_of_the_workers_reach_and_a_started_one_is_not_g
     assert gone == [batch_lock_id(held.prefix, company.pk) for company in others]
     assert all(held.start(company) is None for company in [first, *others])
     assert held.give_up() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sweep_with_workers_keeps_its_batch_leases_young_while_it_waits(calls, extended, slow_sweep):
+    """The feeder thread, waiting to hand out work, extends the batch's pending leases."""
+    summary, answered = slow_sweep(32, workers=2)  # two at a time: 4 s, past the limit
+
+    assert summary.refreshed == 32 == answered
+    assert calls == {"take_lease": 0, "lease_batch": 1, "batch_leased": 32}
+    assert extended and all(0 < count < 32 for count in extended)
+    assert held_leases() == {}
+
+
+def test_batch_leases_the_database_refuses_to_extend_stay_as_they_are(monkeypatch):
+    from django.db import OperationalError
+
+    held = _held_batch(2, age=6)
+    leased_at, pending = held.leased_at, set(held.pending)
+
+    def refused(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "extend_live_leases", refused)
+    refreshing._keep_batch_leases([held], limit=10, hold_for=60)
+
+    # Nothing changed: the workers will find them old (and take their own) unless a later try works.
+    assert (held.leased_at, held.pending) == (leased_at, pending)
+    assert set(held_leases()) == pending
+
+
+def test_a_stopped_sweep_stops_renewing_its_claim_even_when_its_leases_cannot_be_let_go(monkeypatch):
+    from django.db import OperationalError
+
+    from django_lightspeed_oauth import leases
+
+    def refused(*args, **kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(ConnectedCompanyQuerySet, "release_leases", refused)
+    client = make_client()
+    for _ in range(3):
+        make_company(client, expires_in=60)
+    stop = threading.Event()
+    claimed: list[str] = []
+    claim = refreshing._claim_batch
+
+    def noting_claim(**kwargs):
+        batch, page = claim(**kwargs)
+        claimed.append(batch.claim_id)
+        return batch, page
+
+    monkeypatch.setattr(refreshing, "_claim_batch", noting_claim)
+    with FakeTokenEndpoint(client):
+        summary = refresh_due(on_result=lambda result: stop.set(), stop=stop)
+
+    assert summary.refreshed == 1
+    assert claimed and not set(claimed) & leases._process_keeper().claims
+    assert not ConnectedCompany.objects.exclude(sweep_claim_id="").exists()
+    assert len(held_leases()) == 2  # left to run out
